@@ -1,0 +1,5 @@
+"""bridge: turn pull-only HTTP APIs into push."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
