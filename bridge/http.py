@@ -1,0 +1,522 @@
+"""The one HTTP client: sessions, conditional requests, Link pages, rate limits, our exceptions."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import errno
+import re
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from types import MappingProxyType, TracebackType
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import aiohttp
+
+import bridge
+from bridge.errors import DeliveryError, SourceError
+
+_NO_LINKS: Mapping[str, str] = MappingProxyType({})
+_DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+_ANSWER_BYTES = 64 * 1024  # a webhook receiver's answer is only kept for diagnostics
+_DEFAULT_RATE_WAIT = 60.0
+# Below this, an x-ratelimit-reset is a delta in seconds (some APIs), not a unix time (GitHub).
+_EPOCH_FLOOR = 1_000_000_000
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+_LINK_VALUE = re.compile(
+    r'<([^>]*)>((?:\s*;\s*[^;,=\s]+(?:\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^;,]*))?)*)'
+)
+_LINK_PARAM = re.compile(r';\s*([^;,=\s]+)(?:\s*=\s*("(?:[^"\\]|\\.)*"|[^;,]*))?')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A fully read HTTP response."""
+
+    status: int
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    links: Mapping[str, str]
+    elapsed: float
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx status."""
+        return 200 <= self.status < 300
+
+    def check(self) -> Response:
+        """Return self for a 2xx or 304; raise SourceError (with any rate-limit wait) otherwise."""
+        if 200 <= self.status < 300 or self.status == 304:
+            return self
+        try:
+            reason = HTTPStatus(self.status).phrase
+        except ValueError:
+            reason = ""
+        status = f"{self.status} {reason}" if reason else str(self.status)
+        raise SourceError(
+            f"HTTP {status} from {_display(self.url)}",
+            retry_after=rate_limit_wait(self.status, self.headers),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Pages:
+    """The outcome of a conditional, possibly paginated fetch."""
+
+    not_modified: bool
+    bodies: list[bytes]
+    complete: bool
+    etag: str | None
+    last_modified: str | None
+    first: Response
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP date); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        # float() also takes "nan", "inf" and "-5", none of which is a delay a server can mean
+        return seconds if 0 <= seconds < float("inf") else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" dates come back naive; HTTP dates are always GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def parse_link_header(value: str | None, base_url: str) -> dict[str, str]:
+    """RFC 8288 Link header to {rel: absolute URL}; the first link of each rel wins."""
+    links: dict[str, str] = {}
+    if not value:
+        return links
+    for match in _LINK_VALUE.finditer(value):
+        target, params = match.groups()
+        for param in _LINK_PARAM.finditer(params):
+            if param.group(1).lower() != "rel":
+                continue
+            rels = param.group(2) or ""
+            if rels.startswith('"'):
+                rels = _QUOTED_PAIR.sub(r"\1", rels[1:-1])
+            url = urljoin(base_url, target.strip())
+            for rel in rels.lower().split():
+                links.setdefault(rel, url)
+            break  # RFC 8288: a repeated rel parameter is ignored
+    return links
+
+
+def rate_limit_wait(
+    status: int, headers: Mapping[str, str], now: float | None = None
+) -> float | None:
+    """Seconds to keep off the host after this response, or None when it is not rate limited."""
+    # Checked first: this runs on every response and almost every status is none of these.
+    if status != 429 and status != 403 and status != 503:
+        return None
+    retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
+    if status == 503:
+        return retry_after
+    if retry_after is not None:
+        # GitHub's secondary rate limits answer 403 with Retry-After and a non-zero remaining
+        return retry_after
+    if status == 403 and _header(headers, "X-RateLimit-Remaining") != "0":
+        return None
+    reset = _header(headers, "X-RateLimit-Reset")
+    if reset:
+        try:
+            value = float(reset)
+        except ValueError:
+            value = -1.0
+        if value >= _EPOCH_FLOOR:
+            return max(0.0, value - (time.time() if now is None else now))
+        if value >= 0:
+            return value
+    return _DEFAULT_RATE_WAIT
+
+
+class HttpClient:
+    """One aiohttp session for polling (per-host concurrency bound) and one for delivering."""
+
+    def __init__(self, *, per_host: int = 4, user_agent: str = f"bridge/{bridge.__version__}"):
+        if per_host < 1:
+            raise ValueError("per_host must be at least 1")
+        self._per_host = per_host
+        self._user_agent = user_agent
+        self._poll: aiohttp.ClientSession | None = None
+        self._deliver: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._blocked: dict[str, float] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close both sessions; later requests fail. Safe to call more than once."""
+        self._closed = True
+        sessions, self._poll, self._deliver = (self._poll, self._deliver), None, None
+        for session in sessions:
+            if session is not None:
+                await session.close()
+
+    def blocked_until(self, host: str) -> float | None:
+        """The time.time() until which `host` (netloc) is off-limits, or None."""
+        until = self._blocked.get(host)
+        if until is None:
+            return None
+        if until > time.time():
+            return until
+        del self._blocked[host]
+        return None
+
+    def block(self, host: str, until: float) -> None:
+        """Keep off `host` (netloc) until the time.time() `until`; a later block set before wins."""
+        if until > self._blocked.get(host, 0.0):
+            self._blocked[host] = until
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        data: bytes | str | None = None,
+        auth: tuple[str, str] | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        timeout: float = 10.0,
+        max_bytes: int = _DEFAULT_MAX_BYTES,
+        follow_redirects: bool = True,
+    ) -> Response:
+        """Send one polling request and read the whole body; never raises for an HTTP status."""
+        sent = _with_validators(_with_auth(headers, auth), etag, last_modified)
+        return await self._send(
+            method, url, sent, params, data, timeout, max_bytes, max_bytes, follow_redirects
+        )
+
+    async def fetch_pages(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        data: bytes | str | None = None,
+        auth: tuple[str, str] | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        timeout: float = 10.0,
+        max_bytes: int = _DEFAULT_MAX_BYTES,
+        max_pages: int = 1,
+        follow_redirects: bool = True,
+    ) -> Pages:
+        """Fetch conditionally, then follow rel="next" links up to `max_pages` pages in total."""
+        first = await self.request(
+            method,
+            url,
+            headers=headers,
+            params=params,
+            data=data,
+            auth=auth,
+            etag=etag,
+            last_modified=last_modified,
+            timeout=timeout,
+            max_bytes=max_bytes,
+            follow_redirects=follow_redirects,
+        )
+        if first.status == 304:
+            return Pages(
+                not_modified=True,
+                bodies=[],
+                complete=True,
+                etag=first.headers.get("ETag") or etag,
+                last_modified=first.headers.get("Last-Modified") or last_modified,
+                first=first,
+            )
+        first.check()
+        bodies = [first.body]
+        budget = max_bytes - len(first.body)
+        page = first
+        plain = _with_auth(headers, auth)
+        origin = urlsplit(url)[:2]
+        while (next_url := page.links.get("next")) is not None and len(bodies) < max_pages:
+            # Credentials go only where the caller sent them, as aiohttp does on redirects.
+            sent = plain if urlsplit(next_url)[:2] == origin else None
+            page = await self._send(
+                "GET", next_url, sent, None, None, timeout, budget, max_bytes, follow_redirects
+            )
+            page.check()
+            bodies.append(page.body)
+            budget -= len(page.body)
+        return Pages(
+            not_modified=False,
+            bodies=bodies,
+            complete="next" not in page.links,
+            etag=first.headers.get("ETag"),
+            last_modified=first.headers.get("Last-Modified"),
+            first=first,
+        )
+
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float
+    ) -> Response:
+        """Deliver one webhook: no redirects followed, at most 64 KiB of the answer kept."""
+        if self._closed:
+            raise DeliveryError(f"POST {_display(url)}: the HTTP client is closed")
+        session = self._deliver or self._open_deliver()
+        started = time.perf_counter()
+        try:
+            async with session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout(timeout),
+                allow_redirects=False,
+            ) as resp:
+                answer = await _read_answer(resp.content)
+                return _response(resp, answer, time.perf_counter() - started)
+        except TimeoutError as exc:
+            raise DeliveryError(f"POST {_display(url)}: timed out after {timeout:g}s") from exc
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise DeliveryError(f"POST {_display(url)}: {_describe(exc)}") from exc
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        data: bytes | str | None,
+        timeout: float,
+        budget: int,
+        max_bytes: int,
+        follow_redirects: bool,
+    ) -> Response:
+        if self._closed:
+            raise SourceError(f"{method} {_display(url)}: the HTTP client is closed")
+        host = urlsplit(url).netloc
+        if (until := self.blocked_until(host)) is not None:
+            wait = until - time.time()
+            clock = time.strftime("%H:%M:%S", time.gmtime(until))
+            raise SourceError(
+                f"rate limited by {host}: waiting until {clock} UTC ({wait:.0f}s from now)",
+                retry_after=max(0.0, wait),
+            )
+        session = self._poll or self._open_poll()
+        slot = self._slots.get(host) or self._slots.setdefault(
+            host, asyncio.Semaphore(self._per_host)
+        )
+        # Our own per-host slot, taken before the clock starts: waiting behind other polls of a
+        # busy host is not the server being slow, and must not count against this one's timeout.
+        async with slot:
+            started = time.perf_counter()
+            try:
+                async with session.request(
+                    method,
+                    url,
+                    params=params or None,
+                    data=data,
+                    headers=headers,
+                    timeout=self._timeout(timeout),
+                    allow_redirects=follow_redirects,
+                ) as resp:
+                    # Content-Length spares reading a body we would refuse, unless it is the
+                    # compressed length or describes a body that HEAD, 204 and 304 never have.
+                    length = resp.content_length
+                    if length is not None and length > budget and _has_plain_body(method, resp):
+                        raise _too_big(url, budget, max_bytes)
+                    body = await _read_limited(resp.content, budget)
+                    if body is None:
+                        raise _too_big(url, budget, max_bytes)
+                    response = _response(resp, body, time.perf_counter() - started)
+            except TimeoutError as exc:
+                raise SourceError(
+                    f"{method} {_display(url)}: timed out after {timeout:g}s"
+                ) from exc
+            except (aiohttp.ClientError, ValueError) as exc:
+                raise SourceError(f"{method} {_display(url)}: {_describe(exc)}") from exc
+        now = time.time()
+        if (pause := rate_limit_wait(response.status, response.headers, now)) is not None:
+            self.block(host, now + pause)
+        return response
+
+    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
+        return timeout
+
+    def _open_poll(self) -> aiohttp.ClientSession:
+        # aiohttp binds a session to the running loop, so sessions are made on first use.
+        # The connector's per-host limit backs our slots up when a redirect changes the host.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._per_host)
+        self._poll = self._session(connector)
+        return self._poll
+
+    def _open_deliver(self) -> aiohttp.ClientSession:
+        # Separate from polling so a slow receiver never holds a connection a poll needs;
+        # delivery concurrency is the delivery workers' business.
+        self._deliver = self._session(aiohttp.TCPConnector(limit=0))
+        return self._deliver
+
+    def _session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=connector,
+            headers={"User-Agent": self._user_agent},
+            # No cookies: sources sharing a host must not see each other's sessions.
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+
+def _with_auth(
+    headers: Mapping[str, str] | None, auth: tuple[str, str] | None
+) -> Mapping[str, str] | None:
+    if auth is None:
+        return headers
+    merged = dict(headers) if headers else {}
+    # Built here rather than with aiohttp's auth=, which 3.14 deprecates with a warning.
+    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+    merged["Authorization"] = f"Basic {token}"
+    return merged
+
+
+def _with_validators(
+    headers: Mapping[str, str] | None, etag: str | None, last_modified: str | None
+) -> Mapping[str, str] | None:
+    if etag is None and last_modified is None:
+        return headers
+    merged = dict(headers) if headers else {}
+    if etag is not None:
+        merged["If-None-Match"] = etag
+    if last_modified is not None:
+        merged["If-Modified-Since"] = last_modified
+    return merged
+
+
+def _has_plain_body(method: str, resp: aiohttp.ClientResponse) -> bool:
+    return (
+        method != "HEAD"
+        and resp.status not in _NO_BODY_STATUSES
+        and "Content-Encoding" not in resp.headers
+    )
+
+
+def _response(resp: aiohttp.ClientResponse, body: bytes, elapsed: float) -> Response:
+    url = str(resp.url)
+    headers = resp.headers
+    # RFC 8288 lets a server split its links over several Link fields.
+    links = parse_link_header(", ".join(headers.getall("Link")), url) if "Link" in headers else None
+    return Response(resp.status, url, headers, body, links or _NO_LINKS, elapsed)
+
+
+async def _read_limited(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The body, or None as soon as it is over `limit` bytes (decompressed)."""
+    chunks = []
+    size = 0
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_answer(content: aiohttp.StreamReader) -> bytes:
+    """Up to 64 KiB of a receiver's answer; a broken answer body does not undo its status."""
+    chunks = []
+    size = 0
+    try:
+        while size < _ANSWER_BYTES and (chunk := await content.read(_ANSWER_BYTES - size)):
+            size += len(chunk)
+            chunks.append(chunk)
+    except aiohttp.ClientPayloadError:
+        pass
+    return b"".join(chunks)
+
+
+def _too_big(url: str, budget: int, max_bytes: int) -> SourceError:
+    if budget == max_bytes:
+        return SourceError(f"response from {_display(url)} is over {_size(max_bytes)} (max_bytes)")
+    return SourceError(
+        f"pages up to {_display(url)} are over {_size(max_bytes)} in total (max_bytes)"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line account of a client exception, without aiohttp's internals."""
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return f"too many redirects ({len(exc.history)})"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate error: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return f"TLS error: {exc.os_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, socket.gaierror):
+            return f"cannot resolve host {exc.host}"
+        if isinstance(os_error, ConnectionRefusedError) or os_error.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        return f"cannot connect to {exc.host}:{exc.port}: {os_error.strerror or os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    if isinstance(exc, aiohttp.NonHttpUrlClientError):
+        return "not an http:// or https:// URL"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid URL"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"broken response body ({_one_line(exc)})"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"bad response: {_one_line(exc.message) or exc.status}"
+    if isinstance(exc, ValueError):
+        return f"invalid request: {_one_line(exc)}"
+    return _one_line(exc) or type(exc).__name__
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split())
+
+
+def _display(url: str) -> str:
+    """The URL for messages, without any user:password@ in it."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    # Callers may hand in a plain dict as well as aiohttp's case-insensitive headers.
+    value = headers.get(name)
+    return value if value is not None else headers.get(name.lower())
+
+
+def _size(n: int) -> str:
+    # Binary multiples under the names config authors write (max_bytes: 10MB is 10 * 1024 * 1024).
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
