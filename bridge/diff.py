@@ -1,0 +1,326 @@
+"""Pure functions: select items, canonical hash, compare snapshots, JSON Patch."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jmespath
+import jmespath.exceptions
+import jmespath.functions
+import jmespath.parser
+import jmespath.visitor
+import jsonpatch
+import orjson
+
+from bridge.errors import SourceError
+
+__all__ = [
+    "Diff",
+    "Entry",
+    "canonical",
+    "compare",
+    "compile_expr",
+    "content_hash",
+    "document_entry",
+    "index_items",
+    "json_patch",
+    "select",
+    "strip_ignored",
+]
+
+# An ignore tree: field name -> the tree below it, or None to drop the whole field.
+_IgnoreTree = dict[str, Any]
+_DROP = object()
+
+
+def compile_expr(expr: str) -> jmespath.parser.ParsedResult:
+    """Compile a JMESPath expression once; ValueError with a one-line message when it is bad."""
+    # Checked before the cache, which would raise TypeError for a list or mapping from YAML.
+    if not isinstance(expr, str):
+        raise ValueError(f"a JMESPath expression must be a string, not {type(expr).__name__}")
+    return _compile(expr)
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(expr: str) -> jmespath.parser.ParsedResult:
+    try:
+        parsed = jmespath.compile(expr)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise ValueError(f"bad JMESPath expression {expr!r}: {_parse_problem(exc)}") from exc
+    # jmespath looks functions up only when it runs; a typo should fail `bridge check`, not polls.
+    unknown = _unknown_function(parsed.parsed)
+    if unknown is not None:
+        raise ValueError(f"bad JMESPath expression {expr!r}: unknown function {unknown}()")
+    return parsed
+
+
+_FUNCTIONS = frozenset(jmespath.functions.Functions().FUNCTION_TABLE)
+
+
+def _unknown_function(node: Mapping[str, Any]) -> str | None:
+    if node["type"] == "function_expression" and node["value"] not in _FUNCTIONS:
+        return str(node["value"])
+    for child in node.get("children", ()):
+        # A slice's children are its bounds: ints or None, not nodes.
+        found = _unknown_function(child) if isinstance(child, dict) else None
+        if found is not None:
+            return found
+    return None
+
+
+def _parse_problem(exc: jmespath.exceptions.JMESPathError) -> str:
+    # jmespath's own messages span three lines (message, expression, caret); config errors are one.
+    if isinstance(exc, jmespath.exceptions.EmptyExpressionError):
+        return "it is empty"
+    if isinstance(exc, jmespath.exceptions.IncompleteExpressionError):
+        return "it is incomplete"
+    if isinstance(exc, jmespath.exceptions.LexerError):
+        return f"{exc.message} at column {exc.lex_position}"
+    if isinstance(exc, jmespath.exceptions.ParseError):
+        return f"{exc.msg} at column {exc.lex_position}"
+    return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _compiled(expr: str) -> jmespath.parser.ParsedResult:
+    # An expression from a plugin, not from the config, may reach us unchecked: fail the poll.
+    try:
+        return compile_expr(expr)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from exc
+
+
+def select(pages: list[Any], items_expr: str | None) -> Any:
+    """The document (items_expr None) or the list of items the expression finds in every page."""
+    if not pages:
+        # Treating "nothing fetched" as an empty list would turn into a flood of item.removed.
+        raise SourceError("the source returned no pages")
+    if items_expr is None:
+        if len(pages) == 1:
+            return pages[0]
+        if all(isinstance(page, list) for page in pages):
+            return [item for page in pages for item in page]
+        return list(pages)
+    parsed = _compiled(items_expr)
+    items: list[Any] = []
+    for page in pages:
+        try:
+            found = parsed.search(page)
+        except jmespath.exceptions.JMESPathError as exc:
+            raise SourceError(f"items expression {items_expr!r} failed: {_one_line(exc)}") from exc
+        if found is None:
+            raise SourceError(f"items expression {items_expr!r} found nothing")
+        if not isinstance(found, list):
+            raise SourceError(
+                f"items expression {items_expr!r} found a {type(found).__name__}, not a list"
+            )
+        items.extend(found)
+    return items
+
+
+def canonical(obj: Any) -> bytes:
+    """The JSON encoding of obj with sorted keys and no whitespace: equal content, equal bytes."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # orjson refuses integers beyond 64 bits and nesting deeper than 254 levels; both are
+        # valid JSON (the stdlib parser produces them), and a hash must not fail a poll.
+        return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def content_hash(obj: Any) -> str:
+    """Hex BLAKE2b (16 bytes) of canonical(obj)."""
+    return hashlib.blake2b(canonical(obj), digest_size=16).hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _ignore_tree(ignore: tuple[str, ...]) -> _IgnoreTree:
+    tree: _IgnoreTree = {}
+    for path in ignore:
+        node = tree
+        *parents, leaf = path.split(".")
+        for name in parents:
+            child = node.setdefault(name, {})
+            if child is None:  # an ancestor is dropped whole already
+                break
+            node = child
+        else:
+            node[leaf] = None
+    return tree
+
+
+def _strip(obj: Any, tree: _IgnoreTree) -> Any:
+    # Copy only the containers on a stripped path, so items without ignored fields cost nothing.
+    if isinstance(obj, dict):
+        out: dict[str, Any] | None = None
+        for name, below in tree.items():
+            if name not in obj:
+                continue
+            value = obj[name]
+            new = _DROP if below is None else _strip(value, below)
+            if new is value:
+                continue
+            if out is None:
+                out = dict(obj)
+            if new is _DROP:
+                del out[name]
+            else:
+                out[name] = new
+        return obj if out is None else out
+    if isinstance(obj, list):
+        copied: list[Any] | None = None
+        for i, element in enumerate(obj):
+            new = _strip(element, tree)
+            if new is not element:
+                if copied is None:
+                    copied = list(obj)
+                copied[i] = new
+        return obj if copied is None else copied
+    return obj
+
+
+def strip_ignored(obj: Any, ignore: tuple[str, ...]) -> Any:
+    """obj without the dotted paths in ignore, applied to every element of lists on the way.
+
+    obj is never mutated; the result shares unchanged parts with it (obj itself when nothing is
+    stripped), so treat it as read-only.
+    """
+    if not ignore:
+        return obj
+    return _strip(obj, _ignore_tree(ignore))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One item of a snapshot: its key, the hash of its compared content, the item as received."""
+
+    key: str
+    hash: str
+    item: Any
+
+
+def _field_chain(node: Mapping[str, Any]) -> list[str] | None:
+    # The names of a plain `a.b.c` expression, whose value a dict lookup gives much faster.
+    if node["type"] == "field":
+        return [node["value"]]
+    if node["type"] == "subexpression":
+        names: list[str] = []
+        for child in node["children"]:
+            chain = _field_chain(child)
+            if chain is None:
+                return None
+            names.extend(chain)
+        return names
+    return None
+
+
+def _lookup(item: Any, names: list[str]) -> Any:
+    for name in names:
+        if not isinstance(item, dict):
+            return None
+        item = item.get(name)
+    return item
+
+
+def _key_getter(expr: str) -> Callable[[Any], Any]:
+    # ParsedResult.search builds an interpreter per call, which costs more than hashing the item.
+    parsed = _compiled(expr)
+    names = _field_chain(parsed.parsed)
+    if names is not None and len(names) == 1:
+        name = names[0]
+        return lambda item: item.get(name) if isinstance(item, dict) else None
+    if names is not None:
+        return lambda item: _lookup(item, names)
+    visit = jmespath.visitor.TreeInterpreter().visit
+    tree = parsed.parsed
+
+    def search(item: Any) -> Any:
+        try:
+            return visit(tree, item)
+        except jmespath.exceptions.JMESPathError as exc:
+            raise SourceError(f"key expression {expr!r} failed: {_one_line(exc)}") from exc
+
+    return search
+
+
+def index_items(
+    items: list[Any], key_expr: str | None, ignore: tuple[str, ...]
+) -> dict[str, Entry]:
+    """Key -> Entry for items, in their order; the first of several items with one key wins."""
+    tree = _ignore_tree(ignore) if ignore else None
+    get_key = _key_getter(key_expr) if key_expr is not None else None
+    # The hot path for large documents: content_hash inlined, its names bound locally.
+    dumps, sort_keys, blake2b = orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.blake2b
+    index: dict[str, Entry] = {}
+    key = ""
+    for i, item in enumerate(items):
+        if get_key is not None:
+            value = get_key(item)
+            if isinstance(value, str):
+                key = value
+            elif type(value) is int:  # bool is an int too, and must become "true"
+                key = str(value)
+            elif value is None:
+                raise SourceError(f"item {i} has no key for {key_expr!r}")
+            else:
+                key = canonical(value).decode()
+            # Pages can overlap while the API changes under paging; the first sighting wins.
+            if key in index:
+                continue
+        compared = item if tree is None else _strip(item, tree)
+        try:
+            digest = blake2b(dumps(compared, option=sort_keys), digest_size=16).hexdigest()
+        except orjson.JSONEncodeError:
+            digest = content_hash(compared)
+        if get_key is None:
+            key = digest
+            if key in index:
+                continue
+        index[key] = Entry(key, digest, item)
+    return index
+
+
+def document_entry(document: Any, ignore: tuple[str, ...]) -> Entry:
+    """The whole document as the one entry of a source without items (key "")."""
+    return Entry("", content_hash(strip_ignored(document, ignore)), document)
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """Keys added and changed (in the new order) and removed (in the old order)."""
+
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+
+
+def compare(old: Mapping[str, str], new: Mapping[str, Entry], *, complete: bool = True) -> Diff:
+    """Compare stored hashes with new entries; removals only when the new set is complete."""
+    added: list[str] = []
+    changed: list[str] = []
+    stored = old.get
+    for key, entry in new.items():
+        digest = stored(key)
+        if digest is None:
+            added.append(key)
+        elif digest != entry.hash:
+            changed.append(key)
+    # A partial window of pages must never look like deletions.
+    removed = [key for key in old if key not in new] if complete else []
+    return Diff(added, changed, removed)
+
+
+def json_patch(before: Any, after: Any, ignore: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """RFC 6902 operations turning before into after, both without the ignored fields."""
+    patch: list[dict[str, Any]] = jsonpatch.make_patch(
+        strip_ignored(before, ignore), strip_ignored(after, ignore)
+    ).patch
+    return patch
