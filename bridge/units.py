@@ -1,0 +1,454 @@
+"""Config reading: a YAML reader keeping lines and ${ENV}; value syntaxes such as durations."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from bridge.errors import ConfigError
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass, but `every: yes` is a mistake, not one second
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from "500ms", "30s", "5m", "1h", "1d" or a number of seconds; ValueError if bad."""
+    hint = "expected e.g. 500ms, 30s, 5m, 1h, 1d or a number of seconds"
+    try:
+        if _is_number(value):
+            seconds = float(value)
+        elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
+            seconds = float(match[1]) * _DURATION_UNITS[(match[2] or "s").lower()]
+        else:
+            raise ValueError(f"invalid duration {_short(value)} ({hint})")
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {_short(value)} (must be a finite number >= 0)")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from "100B", "512KB", "10MB", "1GB" (KB = 1024) or an int; ValueError if bad."""
+    hint = "expected e.g. 512KB, 10MB, 1GB or a number of bytes"
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE_RE.match(value)):
+        scaled = float(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
+        if not math.isfinite(scaled):
+            raise ValueError(f"invalid size {_short(value)} (too large)")
+        size = int(scaled)
+    else:
+        raise ValueError(f"invalid size {_short(value)} ({hint})")
+    if size < 0:
+        raise ValueError(f"invalid size {_short(value)} (must be >= 0)")
+    return size
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of a duration: 300 -> "5m", 0.5 -> "500ms", 90 -> "90s"."""
+    seconds = float(seconds)
+    if seconds == 0:
+        return "0s"
+    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= factor and float(seconds / factor).is_integer():
+            return f"{int(seconds // factor)}{unit}"
+    millis = seconds * 1000
+    if millis.is_integer():
+        return f"{int(millis)}ms"
+    return f"{seconds:g}s"
+
+
+def _short(value: Any) -> str:
+    # a bad value is echoed so the user can find it, but never a whole document
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_jitter(value: Any) -> tuple[str, float]:
+    """("%", fraction) from "10%", or ("s", seconds) from a duration; ValueError if bad."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            percent = float(value.strip()[:-1])
+        except ValueError:
+            raise ValueError(f"invalid jitter {_short(value)} (expected e.g. 10% or 30s)") from None
+        if not 0 <= percent <= 100:
+            raise ValueError("jitter must be between 0% and 100%")
+        return ("%", percent / 100)
+    return ("s", parse_duration(value))
+
+
+def parse_listen(value: Any) -> tuple[str, int]:
+    """(host, port) from "HOST:PORT" ("[::1]:9464" for IPv6) or a bare port on 127.0.0.1."""
+    hint = "must be HOST:PORT, e.g. 127.0.0.1:9464"
+    if isinstance(value, int) and not isinstance(value, bool):
+        host, port_text = "127.0.0.1", str(value)
+    elif isinstance(value, str) and ":" in value:
+        host, _, port_text = value.strip().rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    else:
+        raise ValueError(hint)
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(hint)
+    return (host, int(port_text))
+
+
+def check_url(value: Any, *, allow_dash: bool = False) -> str:
+    """The value if it is an http(s) URL (or "-" when allowed); ValueError never echoing it."""
+    if allow_dash and value == "-":
+        return value
+    hint = "must be an http(s) URL" + (' or "-"' if allow_dash else "")
+    if not isinstance(value, str):
+        raise ValueError(hint)
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:
+        raise ValueError(hint) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ValueError(hint)  # the URL itself may hold a token, so it is not repeated
+    return value.strip()
+
+
+def parse_secret(value: Any) -> str:
+    """A webhook secret `whsec_<base64 of at least 16 bytes>`; ValueError never echoing it."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string whsec_<base64>")
+    if not value.startswith("whsec_"):
+        raise ValueError("must start with whsec_ followed by base64")
+    encoded = value[len("whsec_") :]
+    try:
+        # tolerate dropped padding: people paste secrets from web pages
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not valid base64 after whsec_") from None
+    if len(key) < 16:
+        raise ValueError(f"decodes to {len(key)} bytes; at least 16 are needed")
+    return value
+
+
+def check_jmespath(expr: str) -> None:
+    """Compile a JMESPath expression; ValueError with a one-line reason if it is invalid."""
+    import jmespath
+    from jmespath import exceptions
+
+    try:
+        jmespath.compile(expr)
+    except exceptions.IncompleteExpressionError:
+        raise ValueError("invalid JMESPath: the expression is incomplete") from None
+    except exceptions.LexerError as exc:
+        reason = f"{exc.message} at column {exc.lexer_position}"
+        raise ValueError(f"invalid JMESPath: {reason}") from None
+    except exceptions.ParseError as exc:
+        reason = f"{exc.msg} at column {exc.lex_position}"
+        raise ValueError(f"invalid JMESPath: {reason}") from None
+    except exceptions.JMESPathError as exc:
+        raise ValueError(f"invalid JMESPath: {str(exc).splitlines()[0]}") from None
+
+
+def check_templates(value: Any, path: tuple[str | int, ...] = ()) -> None:
+    """Parse every string leaf as a sandboxed Jinja2 template; ValueError(path, reason) if bad."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    if isinstance(value, str):
+        try:
+            SandboxedEnvironment().parse(value)
+        except TemplateSyntaxError as exc:
+            raise ValueError(path, f"invalid template: {exc.message}") from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_templates(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_templates(item, (*path, i))
+
+
+# --- crontab -----------------------------------------------------------------------------------
+
+_CRON_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+_CRON_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]  # crontab numbering: 0 = Sunday
+_APS_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]  # APScheduler 3.x: 0 = Monday
+# (field name, lowest, highest, names by number offset from `lowest`)
+_CRON_FIELDS: list[tuple[str, int, int, list[str]]] = [
+    ("minute", 0, 59, []),
+    ("hour", 0, 23, []),
+    ("day", 1, 31, []),
+    ("month", 1, 12, _MONTHS),
+    ("day_of_week", 0, 7, _CRON_DAYS),
+]
+_ITEM_RE = re.compile(r"^(\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:/(\d+))?$")
+
+
+def _cron_number(text: str, name: str, low: int, high: int, names: list[str]) -> int:
+    if text in names:
+        return names.index(text) + low
+    if not text.isdigit():
+        raise ValueError(f"cron {name} field: {text!r} is not a number")
+    number = int(text)
+    if not low <= number <= high:
+        raise ValueError(f"cron {name} field: {number} is out of range {low}-{high}")
+    return number
+
+
+def _cron_field(text: str, name: str, low: int, high: int, names: list[str]) -> set[int]:
+    """The set of values one crontab field selects (standard syntax: *, a, a-b, steps, lists)."""
+    values: set[int] = set()
+    for item in text.lower().split(","):
+        match = _ITEM_RE.match(item)
+        if not match:
+            raise ValueError(f"cron {name} field: cannot parse {item!r}")
+        span, step_text = match[1], match[2]
+        step = int(step_text) if step_text else 1
+        if step < 1:
+            raise ValueError(f"cron {name} field: step must be at least 1")
+        if span == "*":
+            first, last = low, high
+        elif "-" in span:
+            start, end = span.split("-")
+            first = _cron_number(start, name, low, high, names)
+            last = _cron_number(end, name, low, high, names)
+            if name == "day_of_week" and last == 0:
+                last = 7  # "sat-sun": Sunday closes a range as 7
+            if first > last:
+                raise ValueError(f"cron {name} field: range {span!r} runs backwards")
+        else:
+            first = _cron_number(span, name, low, high, names)
+            # crontab's "a/n" means "from a to the end, every n"
+            last = high if step_text else first
+        values.update(range(first, last + 1, step))
+    return values
+
+
+def cron_to_apscheduler(expr: str) -> dict[str, str]:
+    """CronTrigger kwargs (minute, hour, day, month, day_of_week) from a crontab expression.
+
+    Each field is expanded to an explicit list so APScheduler sees exactly crontab's meaning:
+    its day-of-week numbers start at Monday, crontab's at Sunday (0 or 7), so days become names.
+    """
+    text = _CRON_MACROS.get(expr.strip().lower(), expr) if isinstance(expr, str) else expr
+    if not isinstance(text, str):
+        raise ValueError("cron must be a string of 5 fields or a macro such as @daily")
+    fields = text.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"cron needs 5 fields (minute hour day month day-of-week), got {len(fields)}"
+        )
+    kwargs: dict[str, str] = {}
+    for field_text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        values = _cron_field(field_text, name, low, high, names)
+        if name == "day_of_week":
+            days = {v % 7 for v in values}  # 7 is Sunday again
+            if len(days) == 7:
+                kwargs[name] = "*"
+            else:
+                kwargs[name] = ",".join(d for d in _APS_DAYS if _CRON_DAYS.index(d) in days)
+        elif values == set(range(low, high + 1)):
+            kwargs[name] = "*"
+        else:
+            kwargs[name] = ",".join(str(v) for v in sorted(values))
+    # crontab fires when EITHER restricted day field matches; one CronTrigger can only AND them
+    if not fields[2].startswith("*") and not fields[4].startswith("*"):
+        raise ValueError(
+            "cron restricting both day-of-month and day-of-week is not supported "
+            "(crontab ORs them); use one of the two"
+        )
+    _check_with_apscheduler(kwargs)
+    return kwargs
+
+
+def _check_with_apscheduler(kwargs: dict[str, str]) -> None:
+    # imported here: the scheduler module owns APScheduler; this is only a validation guard
+    from datetime import UTC
+
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger(timezone=UTC, **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"cron not accepted by the scheduler: {exc}") from exc
+
+
+# --- the document reader -----------------------------------------------------------------------
+
+KeyPath = tuple[str | int, ...]
+ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}\n]*))?\}")
+# `auth: {bearer: ${TOKEN}}` is not valid YAML as written (braces in a flow mapping), so each
+# ${...} is swapped for a brace-free placeholder before parsing and interpolated afterwards
+_PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
+MAX_NODES = 200_000  # aliases can expand a small file exponentially ("billion laughs")
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+_PLAIN_KEY_RE = re.compile(r"^[\w.@$/-]+$", re.ASCII)
+
+
+def dotted(path: KeyPath) -> str:
+    """A key path as users write it: `sources[0].url`, `webhooks.ops.retry[2]`."""
+    text = ""
+    for part in path:
+        if isinstance(part, int) or not _PLAIN_KEY_RE.match(part):
+            # odd keys (spaces, line breaks, empty) are quoted so the message stays one line
+            text += f"[{part if isinstance(part, int) else _short(part)}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+class Doc:
+    """A parsed YAML file as plain values, with the line of every key and value by key path."""
+
+    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+        self.file = file
+        self.env = env
+        self.key_lines: dict[KeyPath, int] = {}
+        self.value_lines: dict[KeyPath, int] = {}
+        self._budget = MAX_NODES
+        self._refs: list[re.Match[str]] = []  # the ${...} found in the text, by placeholder
+        self._loader = yaml.SafeLoader("")  # only its scalar constructors are used
+
+    def line(self, path: KeyPath, *, at_key: bool = False) -> int | None:
+        """The line of the key (or value) at `path`, else of the nearest enclosing one."""
+        tables = (self.key_lines, self.value_lines) if at_key else (self.value_lines,)
+        for end in range(len(path), -1, -1):
+            for table in tables:
+                if path[:end] in table:
+                    return table[path[:end]]
+        return None
+
+    def error(self, path: KeyPath, problem: str, *, at_key: bool = False) -> ConfigError:
+        """A ConfigError located at `path`."""
+        line = self.line(path, at_key=at_key)
+        return ConfigError(problem, file=self.file, line=line, key=dotted(path))
+
+    def parse(self, text: str) -> Any:
+        """Parse the YAML text into plain values, interpolating ${ENV} in string scalars."""
+
+        def protect(match: re.Match[str]) -> str:
+            self._refs.append(match)
+            return f"\ue000{len(self._refs) - 1}\ue001"
+
+        protected = ENV_RE.sub(protect, text)  # the same lines as `text`
+        try:
+            root = yaml.compose(protected, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark, context = exc.problem_mark or exc.context_mark, exc.context
+            problem = exc.problem or context or "malformed YAML"
+            if context and problem.startswith("but "):
+                problem = f"{context}, {problem}"
+            elif context and exc.context_mark and mark and exc.context_mark.line != mark.line:
+                problem = f"{problem} ({context} from line {exc.context_mark.line + 1})"
+            # the end of the stream is past the last newline: name the last line instead
+            line = min(mark.line + 1, max(1, len(text.splitlines()))) if mark else None
+            raise ConfigError(f"invalid YAML: {problem}", file=self.file, line=line) from None
+        except yaml.reader.ReaderError as exc:
+            line = protected[: exc.position].count("\n") + 1
+            problem = f"invalid YAML: unacceptable character ({exc.reason})"
+            raise ConfigError(problem, file=self.file, line=line) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid YAML: {exc}", file=self.file) from None
+        except RecursionError:
+            raise ConfigError("invalid YAML: nested too deeply", file=self.file) from None
+        return None if root is None else self._build(root, (), frozenset())
+
+    def _build(self, node: yaml.Node, path: KeyPath, active: frozenset[int]) -> Any:
+        self._budget -= 1
+        self.value_lines.setdefault(path, node.start_mark.line + 1)
+        if self._budget < 0:
+            raise self.error(path, "the document is too large (aliases expand too far)")
+        if id(node) in active:
+            raise self.error(path, "an alias refers to itself")
+        active = active | {id(node)}
+        if isinstance(node, yaml.MappingNode):
+            if node.tag != _MAP_TAG:
+                raise self.error(path, f"unsupported YAML tag {node.tag}")
+            result: dict[str, Any] = {}
+            for key, key_node, value_node in self._pairs(node, path, active):
+                self.key_lines[(*path, key)] = key_node.start_mark.line + 1
+                result[key] = self._build(value_node, (*path, key), active)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQ_TAG:
+                raise self.error(path, f"unsupported YAML tag {node.tag}")
+            return [self._build(item, (*path, i), active) for i, item in enumerate(node.value)]
+        try:
+            value = self._loader.construct_object(node)
+        except yaml.MarkedYAMLError as exc:
+            raise self.error(path, f"invalid value: {exc.problem}") from None
+        except Exception:  # PyYAML raises plain ValueErrors for e.g. `!!int abc`
+            raise self.error(path, f"invalid value for YAML tag {node.tag}") from None
+        return self._interpolate(value, path) if isinstance(value, str) else value
+
+    def _pairs(
+        self, node: yaml.MappingNode, path: KeyPath, active: frozenset[int]
+    ) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        """(key, key node, value node), merge keys (`<<: *anchor`) folded in, duplicates refused."""
+        own: dict[str, tuple[str, yaml.Node, yaml.Node]] = {}
+        merged: dict[str, tuple[str, yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                sources = (
+                    value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                )
+                for source in sources:
+                    if not isinstance(source, yaml.MappingNode) or id(source) in active:
+                        raise self.error(path, "`<<` must merge a mapping", at_key=True)
+                    for entry in self._pairs(source, path, active | {id(source)}):
+                        merged.setdefault(entry[0], entry)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                line = key_node.start_mark.line + 1
+                raise ConfigError(
+                    "keys must be strings", file=self.file, line=line, key=dotted(path)
+                )
+            # the text as written: `on:` is the key "on", not True; keys are never interpolated
+            key = _PLACEHOLDER_RE.sub(lambda m: self._ref(m)[0], str(key_node.value))
+            if key in own:
+                self.key_lines[(*path, key)] = key_node.start_mark.line + 1
+                raise self.error((*path, key), f"duplicate key {key!r}", at_key=True)
+            own[key] = (key, key_node, value_node)
+        return [*own.values(), *(entry for key, entry in merged.items() if key not in own)]
+
+    def _ref(self, placeholder: re.Match[str]) -> re.Match[str] | tuple[str]:
+        index = int(placeholder[1])
+        return self._refs[index] if index < len(self._refs) else (placeholder[0],)
+
+    def _interpolate(self, text: str, path: KeyPath) -> str:
+        def substitute(placeholder: re.Match[str]) -> str:
+            match = self._ref(placeholder)
+            if isinstance(match, tuple):  # the file itself held placeholder-like text
+                return match[0]
+            name, default = match[1], match[2]
+            value = self.env.get(name)
+            # like the shell's ${NAME:-default}: the default also replaces an empty value
+            if value is None or (value == "" and default is not None):
+                if default is None:
+                    raise self.error(path, f"environment variable {name} is not set")
+                return default
+            return value
+
+        return _PLACEHOLDER_RE.sub(substitute, text) if "\ue000" in text else text
