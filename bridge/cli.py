@@ -1,0 +1,373 @@
+"""The `bridge` command: the only place that reads argv and the environment and wires objects."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from bridge import __version__, logs
+from bridge.config import Config, load_config, redacted
+from bridge.errors import BridgeError, ConfigError, StateError
+from bridge.lock import daemon_running
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _default_config() -> str:
+    return os.environ.get("BRIDGE_CONFIG", "bridge.yaml")
+
+
+def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """-c/--config on every command."""
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        default=_default_config,
+        show_default="./bridge.yaml or $BRIDGE_CONFIG",
+        help="The config file.",
+    )(f)
+
+
+def handle_errors(f: Callable[..., int | None]) -> Callable[..., None]:
+    """Turn our errors into one line on stderr and the SPEC's exit code; never a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = f(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"bridge: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except StateError as exc:
+            click.echo(f"bridge: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        except BridgeError as exc:
+            click.echo(f"bridge: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        sys.exit(code or EXIT_OK)
+
+    return wrapper
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a fresh event loop."""
+    return asyncio.run(coro)
+
+
+def _load(config_path: str) -> Config:
+    return load_config(config_path, os.environ)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """An aligned plain-text table."""
+    cells = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+@click.group()
+@click.version_option(__version__, prog_name="bridge")
+@click.option(
+    "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
+)
+@click.option("--log-format", default="text", type=click.Choice(["text", "json"]))
+@click.option(
+    "--busy-timeout",
+    default=5.0,
+    envvar="BRIDGE_BUSY_TIMEOUT",
+    type=click.FloatRange(0),
+    help="Seconds to wait for a state file another process is writing.",
+)
+def main(log_level: str, log_format: str, busy_timeout: float) -> None:
+    """Turn pull-only HTTP APIs into push: poll, diff, and send signed webhooks."""
+    from bridge import store
+
+    logs.setup(log_level, log_format)
+    store.busy_timeout = busy_timeout
+
+
+@main.command()
+@config_option
+@handle_errors
+def check(config_path: str) -> int:
+    """Validate the config and list its sources (secrets redacted)."""
+    config = _load(config_path)
+    print_table(redacted(config), ["name", "kind", "schedule", "webhooks"])
+    click.echo(f"{config.path}: ok, {len(config.sources)} sources, {len(config.webhooks)} webhooks")
+    return EXIT_OK
+
+
+def _check_names(config: Config, names: Sequence[str]) -> None:
+    known = [s.name for s in config.sources]
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"unknown source {name!r} (known: {', '.join(known) or 'none'})")
+
+
+@main.command()
+@config_option
+@click.argument("sources", nargs=-1)
+@handle_errors
+def once(config_path: str, sources: tuple[str, ...]) -> int:
+    """Poll the named sources (default: all) once, send what is due, exit."""
+    config = _load(config_path)
+    _check_names(config, sources)
+    names = list(sources) or [s.name for s in config.sources]
+    return run_async(_once(config, names))
+
+
+async def _once(config: Config, names: list[str]) -> int:
+    from bridge.engine import Engine, PollResult
+    from bridge.http import HttpClient
+    from bridge.store import Store
+
+    store = Store(config.state)
+    try:
+        async with HttpClient(per_host=config.per_host) as http:
+            engine = Engine(config, store, http)
+            done = 0
+            show = sys.stderr.isatty() and len(names) > 20
+
+            def progress(_: PollResult) -> None:
+                nonlocal done
+                done += 1
+                if show and (done % 50 == 0 or done == len(names)):
+                    click.echo(f"\rpolled {done}/{len(names)}", err=True, nl=done == len(names))
+
+            results = await engine.poll_many(names, progress=progress)
+            if daemon_running(config.state):
+                click.echo("bridge: a `bridge run` is using this state file; it delivers", err=True)
+            else:
+                await engine.deliver_due()
+    finally:
+        store.close()
+    failed = [r for r in results if r.result == "error"]
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.result] = counts.get(r.result, 0) + 1
+    events = sum(len(r.events) for r in results)
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    click.echo(f"bridge: polled {len(results)} sources ({summary}); {events} events", err=True)
+    for r in failed:
+        click.echo(f"bridge: {r.source}: {r.error}", err=True)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+@main.command()
+@config_option
+@click.argument("source")
+@click.option("--dry-run", is_flag=True, help="Store nothing and send nothing.")
+@handle_errors
+def poll(config_path: str, source: str, dry_run: bool) -> int:
+    """Poll one source now and print the events it produced."""
+    config = _load(config_path)
+    _check_names(config, [source])
+    return run_async(_poll(config, source, dry_run))
+
+
+async def _poll(config: Config, name: str, dry_run: bool) -> int:
+    from bridge.engine import Engine
+    from bridge.http import HttpClient
+    from bridge.store import Store
+
+    # A dry run on a fresh setup compares against an empty snapshot that vanishes afterwards.
+    store = Store(Path(":memory:") if dry_run and not config.state.exists() else config.state)
+    try:
+        async with HttpClient(per_host=config.per_host) as http:
+            engine = Engine(config, store, http)
+            result = await engine.poll(name, dry_run=dry_run)
+            for event in result.events:
+                click.echo(orjson.dumps(event).decode())
+            if not dry_run:
+                engine.flush()
+                if not daemon_running(config.state):
+                    await engine.deliver_due()
+    finally:
+        store.close()
+    click.echo(
+        f"bridge: {name}: {result.result}, {len(result.events)} events"
+        + (f": {result.error}" if result.error else "")
+        + (" (dry run: nothing stored or sent)" if dry_run else ""),
+        err=True,
+    )
+    return EXIT_FAILED if result.result == "error" else EXIT_OK
+
+
+@main.command()
+@config_option
+@handle_errors
+def run(config_path: str) -> int:
+    """Run the daemon: poll on schedule, deliver continuously (SIGHUP reloads)."""
+    from bridge.daemon import Daemon
+
+    config = _load(config_path)
+    return run_async(Daemon(config, env=os.environ).run())
+
+
+def _open_store(config: Config) -> Any:
+    from bridge.store import Store
+
+    if not config.state.exists():
+        raise StateError(f"{config.state}: no state file yet (run `bridge once` or `bridge run`)")
+    return Store(config.state)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def status(config_path: str, as_json: bool) -> int:
+    """Per source: last poll, result, last change, next poll, failures; per webhook: queue."""
+    config = _load(config_path)
+    store = _open_store(config)
+    try:
+        rows = store.source_rows()
+        counts = store.delivery_counts()
+    finally:
+        store.close()
+    sources: list[dict[str, Any]] = []
+    for spec in config.sources:
+        row = rows.get(spec.name)
+        sources.append(
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "last_poll": row.last_poll_at if row else None,
+                "result": row.last_result if row else None,
+                "last_change": row.last_change_at if row else None,
+                "next_poll": row.next_poll_at if row else None,
+                "failures": row.failures if row else 0,
+                "error": row.last_error if row else None,
+            }
+        )
+    webhooks = [
+        {"name": name, **counts.get(name, {"pending": 0, "delivered": 0, "dead": 0})}
+        for name in config.webhooks
+    ]
+    if as_json:
+        click.echo(orjson.dumps({"sources": sources, "webhooks": webhooks}).decode())
+        return EXIT_OK
+    for s in sources:
+        for k in ("last_poll", "last_change", "next_poll"):
+            s[k] = _when(s[k])
+    print_table(
+        sources, ["name", "kind", "last_poll", "result", "last_change", "next_poll", "failures"]
+    )
+    click.echo()
+    print_table(webhooks, ["name", "pending", "delivered", "dead"])
+    return EXIT_OK
+
+
+@main.command()
+@config_option
+@click.option("--source", help="Only this source's events.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@handle_errors
+def events(config_path: str, source: str | None, limit: int, as_json: bool) -> int:
+    """Recent events, newest first."""
+    config = _load(config_path)
+    store = _open_store(config)
+    try:
+        found = store.events(source=source, limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        for e in found:
+            click.echo(orjson.dumps(e).decode())
+        return EXIT_OK
+    for e in found:
+        e["created_at"] = _when(e["created_at"])
+    print_table(found, ["id", "created_at", "source", "type", "key"])
+    return EXIT_OK
+
+
+@main.command()
+@config_option
+@click.option("--status", "status_", type=click.Choice(["pending", "delivered", "dead"]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@handle_errors
+def deliveries(config_path: str, status_: str | None, limit: int, as_json: bool) -> int:
+    """The delivery queue and history, with attempt counts and the last error."""
+    config = _load(config_path)
+    store = _open_store(config)
+    try:
+        found = store.deliveries(status=status_, limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        for d in found:
+            click.echo(orjson.dumps(d).decode())
+        return EXIT_OK
+    for d in found:
+        d["next_attempt_at"] = _when(d["next_attempt_at"]) if d["status"] == "pending" else "-"
+    print_table(
+        found,
+        ["id", "event_id", "webhook", "status", "attempts", "next_attempt_at", "last_error"],
+    )
+    return EXIT_OK
+
+
+@main.command()
+@config_option
+@click.argument("event_ids", nargs=-1)
+@click.option("--dead", is_flag=True, help="Replay every dead delivery (narrow with the options).")
+@click.option("--webhook", help="Only deliveries to this webhook.")
+@click.option("--source", help="Only deliveries of this source's events.")
+@handle_errors
+def replay(
+    config_path: str,
+    event_ids: tuple[str, ...],
+    dead: bool,
+    webhook: str | None,
+    source: str | None,
+) -> int:
+    """Queue deliveries again; the event keeps its webhook-id."""
+    if bool(event_ids) == dead:
+        raise ConfigError("give EVENT_ID... or --dead, not both and not neither")
+    config = _load(config_path)
+    if webhook and webhook not in config.webhooks:
+        raise ConfigError(f"unknown webhook {webhook!r} (known: {', '.join(config.webhooks)})")
+    store = _open_store(config)
+    try:
+        unknown = sorted(set(event_ids) - store.event_ids_known(event_ids))
+        if unknown:
+            raise ConfigError(f"unknown event id {unknown[0]!r}")
+        now = time.time()
+        if webhook and event_ids:
+            for event_id in event_ids:
+                store.add_deliveries(event_id, [webhook], now)
+        n = store.requeue(now, event_ids=event_ids, dead=dead, webhook=webhook, source=source)
+    finally:
+        store.close()
+    where = (
+        "the running daemon sends them"
+        if daemon_running(config.state)
+        else ("`bridge once` or `bridge run` sends them")
+    )
+    click.echo(f"queued {n} deliveries again; {where}")
+    return EXIT_OK

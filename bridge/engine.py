@@ -1,0 +1,335 @@
+"""Poll one source end to end (fetch, select, diff, commit with its events); own the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+
+from bridge import diff
+from bridge.config import Config, WebhookSpec
+from bridge.deliver import WebhookWorker
+from bridge.errors import SourceError
+from bridge.http import HttpClient
+from bridge.metrics import Metrics
+from bridge.registry import load
+from bridge.source import Fetched, Source
+from bridge.store import NewEvent, PollCommit, SourceRow, Store
+
+log = logging.getLogger("bridge.engine")
+
+# Unchanged polls only move timestamps and validators; writing them in batches keeps a pass over
+# thousands of sources from paying one transaction each. Losing a batch to a crash costs nothing
+# but one unconditional fetch.
+FLUSH_EVERY = 500
+
+
+@dataclass
+class PollResult:
+    """The outcome of one poll: new (first poll), changed, unchanged or error, and its events."""
+
+    source: str
+    result: str
+    duration: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def iso(ts: float) -> str:
+    """An RFC 3339 UTC timestamp with milliseconds, as receivers get it."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_event_id() -> str:
+    """A unique event id; it becomes `webhook-id`, so it has no `.`."""
+    return "evt_" + uuid.uuid4().hex
+
+
+def make_sources(config: Config) -> dict[str, Source]:
+    """Instantiate each configured source through its registered kind."""
+    return {spec.name: load(spec.kind)(spec) for spec in config.sources}
+
+
+class Engine:
+    """Owns the store, the HTTP client's use, the sources and one delivery worker per webhook."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        http: HttpClient,
+        *,
+        out: TextIO | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.config = config
+        self.store = store
+        self.http = http
+        self.out = out
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.sources = make_sources(config)
+        self.workers = self._make_workers(config)
+        self._buffer: dict[str, PollCommit] = {}
+
+    def _make_workers(self, config: Config) -> dict[str, WebhookWorker]:
+        return {name: self.make_worker(spec) for name, spec in config.webhooks.items()}
+
+    def make_worker(self, spec: WebhookSpec) -> WebhookWorker:
+        """A delivery worker for one webhook, sharing this engine's store, client and metrics."""
+        return WebhookWorker(
+            spec,
+            self.store,
+            self.http,
+            out=self.out,
+            observer=self.metrics.delivery_result,
+            clock=self.clock,
+        )
+
+    # --- polling ---------------------------------------------------------------------------
+
+    def _row(self, name: str) -> SourceRow:
+        pending = self._buffer.get(name)
+        return replace(pending.row) if pending else self.store.source_row(name)
+
+    async def poll(
+        self, name: str, *, dry_run: bool = False, next_poll_at: float | None = None
+    ) -> PollResult:
+        """Poll one source; commit its new snapshot and events atomically unless dry_run."""
+        source = self.sources[name]
+        row = self._row(name)
+        row.next_poll_at = next_poll_at
+        started = self.clock()
+        try:
+            fetched = await source.fetch(self.http, row.fetch_state)
+            commit = self._assess(source, row, fetched, started)
+        except SourceError as exc:
+            commit = self._failed(source, row, str(exc), started)
+        except Exception as exc:  # a plugin bug must cost one poll, not the daemon
+            log.debug("source %s raised", name, exc_info=True)
+            commit = self._failed(source, row, f"internal error: {exc!r}", started)
+        commit.duration = self.clock() - started
+        result = PollResult(
+            name,
+            commit.result,
+            commit.duration,
+            [orjson.loads(ev.body) for ev in commit.events] if dry_run else [],
+            commit.row.last_error if commit.result == "error" else None,
+        )
+        if dry_run:
+            return result
+        self._record(commit)
+        result.events = [orjson.loads(ev.body) for ev in commit.events]
+        return result
+
+    def _record(self, commit: PollCommit) -> None:
+        name = commit.row.name
+        self.metrics.polls.labels(name, commit.result).inc()
+        self.metrics.poll_duration.observe(commit.duration)
+        for ev in commit.events:
+            self.metrics.events.labels(name, ev.type).inc()
+        if commit.result == "error":
+            log.warning("poll %s failed: %s", name, commit.row.last_error)
+        elif commit.events:
+            log.info("poll %s: %s, %d events", name, commit.result, len(commit.events))
+        else:
+            log.debug("poll %s: %s", name, commit.result)
+        if commit.events or commit.upserts or commit.deletes:
+            self._buffer.pop(name, None)
+            self.store.commit_polls([commit])
+            for webhook in {w for ev in commit.events for w in ev.webhooks}:
+                if webhook in self.workers:
+                    self.workers[webhook].wake()
+        else:
+            self._buffer[name] = commit
+            if len(self._buffer) >= FLUSH_EVERY:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write buffered no-change polls."""
+        if self._buffer:
+            commits = list(self._buffer.values())
+            self._buffer.clear()
+            self.store.commit_polls(commits)
+
+    def _event(self, source: Source, type_: str, data: dict[str, Any], now: float) -> NewEvent:
+        body = orjson.dumps({"type": type_, "timestamp": iso(now), "data": data})
+        return NewEvent(
+            id=new_event_id(),
+            source=source.name,
+            type=type_,
+            key=data.get("key"),
+            created_at=now,
+            body=body,
+            webhooks=source.spec.webhooks,
+        )
+
+    def _failed(self, source: Source, row: SourceRow, error: str, now: float) -> PollCommit:
+        # The snapshot and validators stay as they were: a failed poll never looks like removals.
+        row.last_poll_at = now
+        row.last_result = "error"
+        row.last_error = error
+        row.failures += 1
+        row.failing_since = row.failing_since or now
+        events = []
+        alert_after = source.spec.alert_after
+        if alert_after and row.failures >= alert_after and not row.alerted:
+            row.alerted = True
+            data = {
+                "source": source.name,
+                "error": error,
+                "failures": row.failures,
+                "since": iso(row.failing_since),
+            }
+            events.append(self._event(source, "source.failing", data, now))
+        return PollCommit(row=row, result="error", duration=0.0, events=events)
+
+    def _recovered(self, source: Source, row: SourceRow, now: float) -> list[NewEvent]:
+        events = []
+        if row.alerted:
+            data = {
+                "source": source.name,
+                "error": row.last_error,
+                "failures": row.failures,
+                "since": iso(row.failing_since or now),
+            }
+            events.append(self._event(source, "source.recovered", data, now))
+        row.failures = 0
+        row.failing_since = None
+        row.alerted = False
+        row.last_error = None
+        return events
+
+    def _assess(self, source: Source, row: SourceRow, fetched: Fetched, now: float) -> PollCommit:
+        if fetched.unchanged:
+            events = self._recovered(source, row, now)
+            row.fetch_state = fetched.state
+            row.last_poll_at = now
+            row.last_result = "unchanged"
+            return PollCommit(row=row, result="unchanged", duration=0.0, events=events)
+        selected = diff.select(fetched.pages, source.items_expr)
+        if source.items_expr is None:
+            entries = {"": diff.document_entry(selected, source.ignore)}
+        else:
+            entries = diff.index_items(selected, source.key_expr, source.ignore)
+        old = self.store.item_hashes(source.name)
+        found = diff.compare(old, entries, complete=fetched.complete)
+        first = not row.baselined
+        commit = PollCommit(row=row, result="new" if first else "changed", duration=0.0)
+        commit.upserts = [
+            (k, entries[k].hash, diff.canonical(entries[k].item))
+            for k in (*found.added, *found.changed)
+        ]
+        commit.deletes = list(found.removed)
+        commit.events = self._recovered(source, row, now)
+        if not first or source.spec.on_first_poll == "emit":
+            commit.events += self._change_events(source, entries, found, now)
+        if not first and not (found.added or found.changed or found.removed):
+            commit.result = "unchanged"
+        row.fetch_state = fetched.state
+        row.baselined = True
+        row.last_poll_at = now
+        row.last_result = commit.result
+        if found.added or found.changed or found.removed:
+            row.last_change_at = now
+        return commit
+
+    def _change_events(
+        self, source: Source, entries: dict[str, diff.Entry], found: diff.Diff, now: float
+    ) -> list[NewEvent]:
+        on = source.on
+        wanted_before = [
+            *(found.changed if "changed" in on else ()),
+            *(found.removed if "removed" in on else ()),
+        ]
+        before = self.store.item_contents(source.name, wanted_before) if wanted_before else {}
+        document = source.items_expr is None
+        events = []
+
+        def data(key: str, b: Any, a: Any, changes: Any) -> dict[str, Any]:
+            return {
+                "source": source.name,
+                "key": None if document else key,
+                "before": b,
+                "after": a,
+                "changes": changes,
+            }
+
+        if "added" in on:
+            for key in found.added:
+                type_ = "document.changed" if document else "item.added"
+                events.append(
+                    self._event(source, type_, data(key, None, entries[key].item, None), now)
+                )
+        if "changed" in on:
+            for key in found.changed:
+                b, a = before.get(key), entries[key].item
+                changes = diff.json_patch(b, a, source.ignore)
+                type_ = "document.changed" if document else "item.changed"
+                events.append(self._event(source, type_, data(key, b, a, changes), now))
+        if "removed" in on:
+            for key in found.removed:
+                events.append(
+                    self._event(source, "item.removed", data(key, before.get(key), None, None), now)
+                )
+        return events
+
+    async def poll_many(
+        self,
+        names: Iterable[str],
+        *,
+        concurrency: int = 256,
+        progress: Callable[[PollResult], None] | None = None,
+    ) -> list[PollResult]:
+        """Poll several sources at once (per-host limits still apply), then flush."""
+        queue = list(names)
+        results: list[PollResult] = []
+
+        async def worker() -> None:
+            while queue:
+                result = await self.poll(queue.pop())
+                results.append(result)
+                if progress:
+                    progress(result)
+
+        queue.reverse()  # pop() from the end keeps the configured order
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(queue)) or 1)))
+        self.flush()
+        return results
+
+    # --- delivering --------------------------------------------------------------------------
+
+    async def deliver_due(self) -> None:
+        """Attempt every due delivery once, on every webhook at the same time."""
+        await asyncio.gather(*(w.drain() for w in self.workers.values()))
+
+    def start_workers(self) -> list[asyncio.Task[None]]:
+        """Start every webhook's delivery loop."""
+        return [asyncio.create_task(w.run(), name=f"deliver-{n}") for n, w in self.workers.items()]
+
+    async def stop_workers(self, grace: float) -> None:
+        """Stop delivering; in-flight attempts get `grace` seconds."""
+        await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
+
+    def reload(self, config: Config) -> tuple[set[str], set[str], set[str]]:
+        """Take a new config: returns (added, removed, changed) source names.
+
+        Workers of webhooks whose spec changed are replaced by the caller via `replace_workers`.
+        """
+        old = {s.name: s for s in self.config.sources}
+        new = {s.name: s for s in config.sources}
+        added = set(new) - set(old)
+        removed = set(old) - set(new)
+        changed = {n for n in set(old) & set(new) if old[n] != new[n]}
+        self.flush()
+        self.config = config
+        self.sources = make_sources(config)
+        return added, removed, changed

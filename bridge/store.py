@@ -1,0 +1,579 @@
+"""All SQL: schema, snapshots, poll state, and the events/deliveries outbox.
+
+One Store owns one connection and is used from one thread (the event loop's). Writes that must
+not interleave with another process (a second `bridge once` beside the daemon) use BEGIN IMMEDIATE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlite_utils
+
+from bridge.errors import StateError
+from bridge.source import FetchState
+
+SCHEMA_VERSION = 1
+
+# How long a write waits for another process's transaction (seconds). The daemon's transactions
+# last milliseconds; a longer wait means something holds the file, and the user should hear of it.
+busy_timeout = 5.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+    name TEXT PRIMARY KEY,
+    etag TEXT,
+    last_modified TEXT,
+    body_hash TEXT,
+    url TEXT,
+    extra BLOB,
+    baselined INTEGER NOT NULL DEFAULT 0,
+    last_poll_at REAL,
+    last_result TEXT,
+    last_error TEXT,
+    last_change_at REAL,
+    next_poll_at REAL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    failing_since REAL,
+    alerted INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS items (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    content BLOB NOT NULL,
+    PRIMARY KEY (source, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS polls (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    at REAL NOT NULL,
+    result TEXT NOT NULL,
+    duration REAL,
+    error TEXT,
+    events INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS polls_at ON polls (at);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL,
+    type TEXT NOT NULL,
+    key TEXT,
+    created_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_source ON events (source, seq);
+CREATE INDEX IF NOT EXISTS events_created ON events (created_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    event_seq INTEGER NOT NULL REFERENCES events (seq),
+    webhook TEXT NOT NULL,
+    source TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_until REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (webhook, status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_seq);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+    at REAL NOT NULL,
+    status INTEGER,
+    error TEXT,
+    duration REAL
+);
+CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at);
+"""
+
+
+@dataclass
+class SourceRow:
+    """What the store knows of one source between polls."""
+
+    name: str
+    fetch_state: FetchState = field(default_factory=FetchState)
+    baselined: bool = False
+    last_poll_at: float | None = None
+    last_result: str | None = None
+    last_error: str | None = None
+    last_change_at: float | None = None
+    next_poll_at: float | None = None
+    failures: int = 0
+    failing_since: float | None = None
+    alerted: bool = False
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to insert, with the webhooks it goes to."""
+
+    id: str
+    source: str
+    type: str
+    key: str | None
+    created_at: float
+    body: bytes
+    webhooks: tuple[str, ...]
+
+
+@dataclass
+class PollCommit:
+    """Everything one poll writes: the source row, snapshot changes, events. One transaction."""
+
+    row: SourceRow
+    result: str  # new | changed | unchanged | error | baseline
+    duration: float
+    upserts: list[tuple[str, str, bytes]] = field(default_factory=list)  # key, hash, content
+    deletes: list[str] = field(default_factory=list)
+    events: list[NewEvent] = field(default_factory=list)
+    history: bool = True  # whether to keep a polls row (unchanged polls are not kept)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One claimed delivery with its event's id and body."""
+
+    id: int
+    event_id: str
+    webhook: str
+    source: str
+    attempts: int
+    body: bytes
+
+
+def _row_values(row: SourceRow) -> tuple[Any, ...]:
+    fs = row.fetch_state
+    return (
+        row.name,
+        fs.etag,
+        fs.last_modified,
+        fs.body_hash,
+        fs.url,
+        orjson.dumps(dict(fs.extra)) if fs.extra else None,
+        int(row.baselined),
+        row.last_poll_at,
+        row.last_result,
+        row.last_error,
+        row.last_change_at,
+        row.next_poll_at,
+        row.failures,
+        row.failing_since,
+        int(row.alerted),
+    )
+
+
+_SOURCE_COLUMNS = (
+    "name, etag, last_modified, body_hash, url, extra, baselined, last_poll_at, last_result, "
+    "last_error, last_change_at, next_poll_at, failures, failing_since, alerted"
+)
+_UPSERT_SOURCE = (
+    f"INSERT OR REPLACE INTO sources ({_SOURCE_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+)
+
+
+def _source_row(r: Sequence[Any]) -> SourceRow:
+    return SourceRow(
+        name=r[0],
+        fetch_state=FetchState(
+            etag=r[1],
+            last_modified=r[2],
+            body_hash=r[3],
+            url=r[4],
+            extra=orjson.loads(r[5]) if r[5] else {},
+        ),
+        baselined=bool(r[6]),
+        last_poll_at=r[7],
+        last_result=r[8],
+        last_error=r[9],
+        last_change_at=r[10],
+        next_poll_at=r[11],
+        failures=r[12],
+        failing_since=r[13],
+        alerted=bool(r[14]),
+    )
+
+
+def _chunks(seq: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+class Store:
+    """The SQLite state file."""
+
+    def __init__(self, path: Path | str):
+        """Open (creating and migrating if needed) the state file; ":memory:" for a throwaway."""
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise StateError(f"{self.path}: the directory {self.path.parent} does not exist")
+        try:
+            # Autocommit at the driver level: every transaction here is an explicit write().
+            conn = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None)
+            self.conn = conn
+            self.db = sqlite_utils.Database(conn, execute_plugins=False)
+            self.db.enable_wal()
+            # WAL with synchronous=NORMAL is durable against process crashes (kill -9), which is
+            # the promise; only an OS crash can lose the last commits.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: cannot use the state file: {exc}") from exc
+
+    def _migrate(self) -> None:
+        conn = self.db.conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path}: state file schema {version} is newer than this bridge knows"
+            )
+        if version < SCHEMA_VERSION:
+            with self.write():
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so it never fails mid-way."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"{self.path}: cannot write the state file: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            conn.rollback()
+            raise StateError(f"{self.path}: cannot write the state file: {exc}") from exc
+
+    def writable(self) -> bool:
+        """Whether a write transaction commits right now (for /healthz); waits at most 1 s."""
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 1000")
+            with self.write() as conn:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return True
+        except (StateError, sqlite3.DatabaseError):
+            return False
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+
+    def data_version(self) -> int:
+        """Changes when another connection commits: a cheap way to notice new deliveries."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # --- sources and snapshots -------------------------------------------------------------
+
+    def source_row(self, name: str) -> SourceRow:
+        """The stored row of a source, or a fresh one if it was never polled."""
+        r = self.conn.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE name = ?", (name,))
+        found = r.fetchone()
+        return _source_row(found) if found else SourceRow(name=name)
+
+    def source_rows(self) -> dict[str, SourceRow]:
+        """Every stored source row by name."""
+        rows = self.conn.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources").fetchall()
+        return {r[0]: _source_row(r) for r in rows}
+
+    def set_next_poll(self, name: str, at: float | None) -> None:
+        """Remember when the scheduler will poll a source next (for `status`)."""
+        with self.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO sources (name) VALUES (?)", (name,))
+            conn.execute("UPDATE sources SET next_poll_at = ? WHERE name = ?", (at, name))
+
+    def item_hashes(self, source: str) -> dict[str, str]:
+        """key -> compared-content hash of every stored item of a source."""
+        rows = self.conn.execute("SELECT key, hash FROM items WHERE source = ?", (source,))
+        return dict(rows.fetchall())
+
+    def item_contents(self, source: str, keys: Sequence[str]) -> dict[str, Any]:
+        """key -> stored item (parsed) for the given keys."""
+        found: dict[str, Any] = {}
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT key, content FROM items WHERE source = ? AND key IN ({marks})",
+                (source, *chunk),
+            )
+            for key, content in rows:
+                found[key] = orjson.loads(content)
+        return found
+
+    def commit_polls(self, commits: Iterable[PollCommit]) -> None:
+        """Write polls with their snapshot changes, events and pending deliveries atomically."""
+        with self.write() as conn:
+            for c in commits:
+                self._write_poll(conn, c)
+
+    def _write_poll(self, conn: sqlite3.Connection, c: PollCommit) -> None:
+        name = c.row.name
+        conn.execute(_UPSERT_SOURCE, _row_values(c.row))
+        if c.upserts:
+            conn.executemany(
+                "INSERT OR REPLACE INTO items (source, key, hash, content) VALUES (?, ?, ?, ?)",
+                [(name, k, h, body) for k, h, body in c.upserts],
+            )
+        if c.deletes:
+            conn.executemany(
+                "DELETE FROM items WHERE source = ? AND key = ?", [(name, k) for k in c.deletes]
+            )
+        at = c.row.last_poll_at or 0.0
+        for ev in c.events:
+            cur = conn.execute(
+                "INSERT INTO events (id, source, type, key, created_at, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (ev.id, ev.source, ev.type, ev.key, ev.created_at, ev.body),
+            )
+            conn.executemany(
+                "INSERT INTO deliveries (event_seq, webhook, source, status, next_attempt_at, "
+                "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                [(cur.lastrowid, w, ev.source, at, at, at) for w in ev.webhooks],
+            )
+        if c.history:
+            conn.execute(
+                "INSERT INTO polls (source, at, result, duration, error, events) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (name, at, c.result, c.duration, c.row.last_error, len(c.events)),
+            )
+
+    def forget_source(self, name: str) -> None:
+        """Drop a source's snapshot and validators (its events and deliveries stay)."""
+        with self.write() as conn:
+            conn.execute("DELETE FROM items WHERE source = ?", (name,))
+            conn.execute("DELETE FROM sources WHERE name = ?", (name,))
+
+    # --- deliveries ------------------------------------------------------------------------
+
+    def claim_due(
+        self, webhook: str, now: float, limit: int, lease: float, busy_sources: set[str]
+    ) -> list[Delivery]:
+        """Lease up to `limit` due deliveries, oldest first, at most one per source in flight."""
+        if limit <= 0:
+            return []
+        with self.write() as conn:
+            rows = conn.execute(
+                "SELECT d.id, e.id, d.source, d.attempts, e.body FROM deliveries d "
+                "JOIN events e ON e.seq = d.event_seq "
+                "WHERE d.webhook = ? AND d.status = 'pending' AND d.next_attempt_at <= ? "
+                "AND (d.lease_until IS NULL OR d.lease_until < ?) ORDER BY d.id LIMIT ?",
+                (webhook, now, now, limit * 4 + len(busy_sources)),
+            ).fetchall()
+            claimed: list[Delivery] = []
+            taken = set(busy_sources)
+            for did, eid, source, attempts, body in rows:
+                # Ordering per source is kept by never sending two of one source's events at once.
+                if source in taken:
+                    continue
+                taken.add(source)
+                claimed.append(Delivery(did, eid, webhook, source, attempts, body))
+                if len(claimed) == limit:
+                    break
+            conn.executemany(
+                "UPDATE deliveries SET lease_until = ? WHERE id = ?",
+                [(now + lease, d.id) for d in claimed],
+            )
+        return claimed
+
+    def next_due(self, webhook: str) -> float | None:
+        """When the earliest pending delivery of a webhook is due, or None."""
+        r = self.conn.execute(
+            "SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries "
+            "WHERE webhook = ? AND status = 'pending'",
+            (webhook,),
+        ).fetchone()
+        return r[0]
+
+    def finish_attempt(
+        self,
+        delivery_id: int,
+        *,
+        status: str,
+        at: float,
+        duration: float,
+        http_status: int | None,
+        error: str | None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Record one attempt: status delivered, pending (with next_attempt_at) or dead."""
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO attempts (delivery_id, at, status, error, duration) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (delivery_id, at, http_status, error, duration),
+            )
+            conn.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1, lease_until = NULL, "
+                "next_attempt_at = coalesce(?, next_attempt_at), last_status = ?, last_error = ?, "
+                "updated_at = ? WHERE id = ?",
+                (status, next_attempt_at, http_status, error, at, delivery_id),
+            )
+
+    def requeue(
+        self,
+        now: float,
+        *,
+        event_ids: Sequence[str] = (),
+        dead: bool = False,
+        webhook: str | None = None,
+        source: str | None = None,
+    ) -> int:
+        """Queue deliveries again (replay); returns how many. Attempt history is kept."""
+        where = ["1 = 1"]
+        params: list[Any] = []
+        if event_ids:
+            marks = ",".join("?" * len(event_ids))
+            where.append(f"event_seq IN (SELECT seq FROM events WHERE id IN ({marks}))")
+            params.extend(event_ids)
+        if dead:
+            where.append("status = 'dead'")
+        if webhook:
+            where.append("webhook = ?")
+            params.append(webhook)
+        if source:
+            where.append("source = ?")
+            params.append(source)
+        with self.write() as conn:
+            cur = conn.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, "
+                f"lease_until = NULL, updated_at = ? WHERE {' AND '.join(where)}",
+                (now, now, *params),
+            )
+            return cur.rowcount
+
+    def add_deliveries(self, event_id: str, webhooks: Sequence[str], now: float) -> int:
+        """Queue an event to webhooks it has no delivery for yet (replay to a new webhook)."""
+        with self.write() as conn:
+            row = conn.execute(
+                "SELECT seq, source FROM events WHERE id = ?", (event_id,)
+            ).fetchone()
+            if row is None:
+                return 0
+            have = {
+                w
+                for (w,) in conn.execute(
+                    "SELECT webhook FROM deliveries WHERE event_seq = ?", (row[0],)
+                )
+            }
+            new = [w for w in webhooks if w not in have]
+            conn.executemany(
+                "INSERT INTO deliveries (event_seq, webhook, source, status, next_attempt_at, "
+                "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                [(row[0], w, row[1], now, now, now) for w in new],
+            )
+            return len(new)
+
+    # --- reading, for the CLI ---------------------------------------------------------------
+
+    def event_ids_known(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids exist."""
+        found: set[str] = set()
+        for chunk in _chunks(event_ids):
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", tuple(chunk))
+            found.update(r[0] for r in rows)
+        return found
+
+    def events(self, *, source: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Recent events, newest first, with their envelopes parsed."""
+        sql = "SELECT id, source, type, key, created_at, body FROM events"
+        params: list[Any] = []
+        if source:
+            sql += " WHERE source = ?"
+            params.append(source)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+        return [
+            {
+                "id": r[0],
+                "source": r[1],
+                "type": r[2],
+                "key": r[3],
+                "created_at": r[4],
+                "event": orjson.loads(r[5]),
+            }
+            for r in self.conn.execute(sql, params)
+        ]
+
+    def deliveries(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Deliveries, newest first, with attempt counts and the last error."""
+        sql = (
+            "SELECT d.id, e.id AS event_id, d.webhook, d.source, e.type, d.status, d.attempts, "
+            "d.next_attempt_at, d.last_status, d.last_error, d.updated_at "
+            "FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+        )
+        params: list[Any] = []
+        if status:
+            sql += " WHERE d.status = ?"
+            params.append(status)
+        sql += " ORDER BY d.id DESC LIMIT ?"
+        params.append(limit)
+        return list(self.db.query(sql, params))
+
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        """webhook -> {pending, delivered, dead} counts."""
+        counts: dict[str, dict[str, int]] = {}
+        rows = self.conn.execute(
+            "SELECT webhook, status, count(*) FROM deliveries GROUP BY webhook, status"
+        )
+        for webhook, status, n in rows:
+            counts.setdefault(webhook, {"pending": 0, "delivered": 0, "dead": 0})[status] = n
+        return counts
+
+    def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        """Every attempt of one delivery, oldest first."""
+        return list(
+            self.db.query(
+                "SELECT at, status, error, duration FROM attempts WHERE delivery_id = ? "
+                "ORDER BY id",
+                [delivery_id],
+            )
+        )
+
+    # --- retention ---------------------------------------------------------------------------
+
+    def trim(self, before: float, *, batch: int = 5000) -> int:
+        """Delete history older than `before`, a batch per transaction; pending work is kept.
+
+        Returns how many rows went. Dead deliveries are kept until past retention, like the rest.
+        """
+        total = 0
+        statements = (
+            "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at < ? LIMIT ?)",
+            "DELETE FROM polls WHERE id IN (SELECT id FROM polls WHERE at < ? LIMIT ?)",
+            "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries "
+            "WHERE status != 'pending' AND updated_at < ? LIMIT ?)",
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE created_at < ? "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq) LIMIT ?)",
+        )
+        for sql in statements:
+            while True:
+                with self.write() as conn:
+                    n = conn.execute(sql, (before, batch)).rowcount
+                total += n
+                if n < batch:
+                    break
+        return total

@@ -1,0 +1,203 @@
+"""The `bridge` command as a user runs it: subprocesses against real local servers and files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from standardwebhooks import Webhook
+
+from tests.conftest import SECRET, Origin, Receiver, run_cli, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CONFIG = """
+state: state.db
+webhooks:
+  hook:
+    url: {hook}
+    secret: ${{HOOK_SECRET}}
+    retry: [50ms]
+sources:
+  - name: api
+    kind: http
+    url: {origin}
+    items: "@"
+    key: id
+    every: 1h
+    webhooks: [hook]
+"""
+
+
+def setup(write_config, origin: Origin, receiver: Receiver) -> Path:
+    origin.set("/items", [{"id": 1, "v": 1}])
+    return write_config(CONFIG.format(hook=receiver.url(), origin=origin.url("/items")))
+
+
+ENV = {"HOOK_SECRET": SECRET}
+
+
+def test_example_config_passes_check() -> None:
+    result = run_cli("check", "-c", str(ROOT / "bridge.yaml"))
+    assert result.code == 0, result.stderr
+    assert "httpx-releases" in result.stdout and "http" in result.stdout
+
+
+def test_check_redacts_secrets(write_config, origin, receiver) -> None:
+    path = setup(write_config, origin, receiver)
+    result = run_cli("check", "-c", str(path), env=ENV)
+    assert result.code == 0, result.stderr
+    assert "api" in result.stdout and "hook" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+    assert SECRET.removeprefix("whsec_") not in result.stdout + result.stderr
+
+
+def test_check_reports_file_line_key_and_exits_2(write_config) -> None:
+    path = write_config("sources:\n  - name: a\n    kind: http\n    url: http://x\n    evry: 5m\n")
+    result = run_cli("check", "-c", str(path))
+    assert result.code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"bridge: {path}:5: sources[0].evry: unknown key 'evry' (did you mean 'every'?)"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_env_var_is_named_without_a_traceback(write_config, origin, receiver) -> None:
+    path = setup(write_config, origin, receiver)
+    empty = run_cli("check", "-c", str(path), env={"HOOK_SECRET": ""})
+    env = {k: v for k, v in os.environ.items() if k != "HOOK_SECRET"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge", "check", "-c", str(path)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "HOOK_SECRET" in proc.stderr and ":6:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert empty.code == 2 and "hook" in empty.stderr  # an empty secret is no secret either
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    result = run_cli("check", "-c", str(tmp_path / "nope.yaml"))
+    assert result.code == 2 and "nope.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_once_polls_delivers_and_keeps_state(write_config, origin, receiver) -> None:
+    path = setup(write_config, origin, receiver)
+    first = run_cli("once", "-c", str(path), env=ENV)
+    assert first.code == 0, first.stderr
+    assert receiver.received == []  # the first poll is a silent baseline
+
+    origin.set("/items", [{"id": 1, "v": 2}, {"id": 2, "v": 1}])
+    second = run_cli("once", "-c", str(path), env=ENV)
+    assert second.code == 0, second.stderr
+    types = sorted(e["type"] for e in receiver.events())
+    assert types == ["item.added", "item.changed"]
+    for got in receiver.received:
+        Webhook(SECRET).verify(got.body, got.headers)
+
+    third = run_cli("once", "-c", str(path), env=ENV)
+    assert third.code == 0 and len(receiver.received) == 2  # nothing changed, nothing sent
+    assert origin.hits("/items")[-1].get("If-None-Match")
+
+
+def test_once_exits_1_when_a_poll_fails_and_keeps_deliveries(write_config, origin, receiver):
+    path = setup(write_config, origin, receiver)
+    run_cli("once", "-c", str(path), env=ENV)
+    origin.set("/items", body=b"broken", status=500)
+    result = run_cli("once", "-c", str(path), env=ENV)
+    assert result.code == 1
+    assert "api" in result.stderr and "HTTP 500" in result.stderr
+
+    # A failing receiver: the delivery stays queued for the next run.
+    origin.set("/items", [{"id": 1, "v": 3}])
+    receiver.answer(500)
+    assert run_cli("once", "-c", str(path), env=ENV).code == 0
+    pending = run_cli("deliveries", "-c", str(path), "--status", "pending", "--json", env=ENV)
+    [row] = pending.lines()
+    assert row["attempts"] == 1 and row["last_error"] == "HTTP 500"
+    time.sleep(0.1)
+    assert run_cli("once", "-c", str(path), env=ENV).code == 0
+    assert receiver.events()[-1]["type"] == "item.changed"
+
+
+def test_unknown_source_name_is_usage_error(write_config, origin, receiver) -> None:
+    path = setup(write_config, origin, receiver)
+    result = run_cli("once", "-c", str(path), "nope", env=ENV)
+    assert result.code == 2 and "unknown source 'nope'" in result.stderr
+
+
+def test_poll_dry_run_prints_and_stores_nothing(write_config, origin, receiver) -> None:
+    path = setup(write_config, origin, receiver)
+    run_cli("once", "-c", str(path), env=ENV)
+    origin.set("/items", [{"id": 1, "v": 2}])
+    dry = run_cli("poll", "-c", str(path), "api", "--dry-run", env=ENV)
+    assert dry.code == 0, dry.stderr
+    [event] = dry.lines()
+    assert event["type"] == "item.changed"
+    assert receiver.received == []
+    real = run_cli("poll", "-c", str(path), "api", env=ENV)
+    assert [e["type"] for e in real.lines()] == ["item.changed"]
+    assert [e["type"] for e in receiver.events()] == ["item.changed"]
+
+
+def test_status_events_deliveries_and_replay(write_config, origin, receiver) -> None:
+    path = setup(write_config, origin, receiver)
+    run_cli("once", "-c", str(path), env=ENV)
+    origin.set("/items", [{"id": 1, "v": 2}])
+    receiver.answer(500, 500)
+    run_cli("once", "-c", str(path), env=ENV)
+    time.sleep(0.1)
+    run_cli("once", "-c", str(path), env=ENV)  # the second attempt: the schedule is spent
+
+    status = run_cli("status", "-c", str(path), "--json", env=ENV)
+    doc = orjson.loads(status.stdout)
+    [source] = doc["sources"]
+    assert source["name"] == "api" and source["result"] == "unchanged" and source["failures"] == 0
+    assert doc["webhooks"] == [{"name": "hook", "pending": 0, "delivered": 0, "dead": 1}]
+    table = run_cli("status", "-c", str(path), env=ENV)
+    assert table.code == 0 and "LAST_POLL" in table.stdout and "DEAD" in table.stdout
+
+    [event] = run_cli("events", "-c", str(path), "--json", env=ENV).lines()
+    assert event["type"] == "item.changed" and event["source"] == "api"
+    [dead] = run_cli("deliveries", "-c", str(path), "--status", "dead", "--json", env=ENV).lines()
+    assert dead["event_id"] == event["id"] and dead["attempts"] == 2
+
+    replay = run_cli("replay", "-c", str(path), event["id"], env=ENV)
+    assert replay.code == 0 and "queued 1" in replay.stdout
+    assert run_cli("once", "-c", str(path), env=ENV).code == 0
+    ids = {r.headers["webhook-id"] for r in receiver.received}
+    assert ids == {event["id"]} and len(receiver.received) == 3
+
+    bad = run_cli("replay", "-c", str(path), "evt_nope", env=ENV)
+    assert bad.code == 2 and "evt_nope" in bad.stderr
+
+
+def test_run_delivers_and_stops_on_sigterm(write_config, origin, receiver) -> None:
+    origin.set("/items", [{"id": 1}])
+    text = CONFIG.format(hook=receiver.url(), origin=origin.url("/items")).replace(
+        "every: 1h", "every: 1s\n    jitter: 0s"
+    )
+    path = write_config(text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "-c", str(path)],
+        env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(origin.hits("/items")) >= 1, timeout=15)
+        origin.set("/items", [{"id": 1}, {"id": 2}])
+        wait_for(lambda: len(receiver.received) >= 1, timeout=15)
+        second = subprocess.run(
+            [sys.executable, "-m", "bridge", "run", "-c", str(path)],
+            env={**os.environ, **ENV}, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode == 1 and "another `bridge run`" in second.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert receiver.events()[0]["data"]["key"] == "2"

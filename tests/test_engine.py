@@ -1,0 +1,278 @@
+"""Polling end to end against a real origin and real SQLite: SPEC §4 events, failed polls."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import jsonpatch
+import pytest
+
+from bridge.config import load_config
+from bridge.engine import Engine
+from bridge.http import HttpClient
+from bridge.store import Store
+from tests.conftest import Origin
+
+CONFIG = """
+state: state.db
+webhooks:
+  out: {{url: "-"}}
+sources:
+  - name: api
+    kind: http
+    url: {url}
+    every: 1m
+    webhooks: [out]
+{extra}
+"""
+
+
+def config_text(url: str, extra: str = "") -> str:
+    body = "\n".join("    " + line for line in extra.strip().splitlines())
+    return CONFIG.format(url=url, extra=body)
+
+
+@contextlib.asynccontextmanager
+async def engine_for(path: Path) -> AsyncIterator[Engine]:
+    config = load_config(path, {})
+    store = Store(config.state)
+    try:
+        async with HttpClient(per_host=config.per_host) as http:
+            yield Engine(config, store, http, out=io.StringIO())
+    finally:
+        store.close()
+
+
+def items(*pairs: tuple[int, str]) -> dict[str, object]:
+    return {"components": [{"id": i, "status": s, "updated_at": "t0"} for i, s in pairs]}
+
+
+async def test_item_added_changed_removed(origin: Origin, write_config) -> None:
+    origin.set("/c", items((1, "ok"), (2, "ok")))
+    path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
+    async with engine_for(path) as engine:
+        first = await engine.poll("api")
+        assert (first.result, first.events) == ("new", [])  # a silent baseline
+
+        origin.set("/c", items((1, "degraded"), (3, "ok")))
+        second = await engine.poll("api")
+        assert second.result == "changed"
+        by_type = {e["type"]: e for e in second.events}
+        assert sorted(by_type) == ["item.added", "item.changed", "item.removed"]
+
+        added = by_type["item.added"]["data"]
+        assert added == {
+            "source": "api", "key": "3", "before": None,
+            "after": {"id": 3, "status": "ok", "updated_at": "t0"}, "changes": None,
+        }  # fmt: skip
+        changed = by_type["item.changed"]["data"]
+        assert changed["key"] == "1"
+        assert changed["before"]["status"] == "ok" and changed["after"]["status"] == "degraded"
+        assert changed["changes"] == [{"op": "replace", "path": "/status", "value": "degraded"}]
+        assert jsonpatch.apply_patch(changed["before"], changed["changes"]) == changed["after"]
+        removed = by_type["item.removed"]["data"]
+        assert removed["key"] == "2" and removed["after"] is None
+        assert removed["before"] == {"id": 2, "status": "ok", "updated_at": "t0"}
+        assert by_type["item.changed"]["timestamp"].endswith("Z")
+
+        # The events are in the outbox, one delivery each for the source's webhook.
+        assert [d["status"] for d in engine.store.deliveries()] == ["pending"] * 3
+
+
+async def test_document_changed_without_items(origin: Origin, write_config) -> None:
+    origin.set("/doc", {"version": "1.0", "notes": "a"})
+    path = write_config(config_text(origin.url("/doc")))
+    async with engine_for(path) as engine:
+        assert (await engine.poll("api")).events == []
+        origin.set("/doc", {"version": "1.1", "notes": "a"})
+        result = await engine.poll("api")
+    [event] = result.events
+    assert event["type"] == "document.changed"
+    assert event["data"]["key"] is None
+    assert event["data"]["before"] == {"version": "1.0", "notes": "a"}
+    assert event["data"]["changes"] == [{"op": "replace", "path": "/version", "value": "1.1"}]
+
+
+async def test_on_first_poll_emit_sends_everything(origin: Origin, write_config) -> None:
+    origin.set("/c", items((1, "ok"), (2, "ok")))
+    extra = "items: components\nkey: id\non_first_poll: emit"
+    path = write_config(config_text(origin.url("/c"), extra))
+    async with engine_for(path) as engine:
+        result = await engine.poll("api")
+    assert [(e["type"], e["data"]["key"]) for e in result.events] == [
+        ("item.added", "1"),
+        ("item.added", "2"),
+    ]
+
+
+async def test_ignored_fields_never_cause_an_event(origin: Origin, write_config) -> None:
+    origin.set("/c", items((1, "ok")))
+    extra = "items: components\nkey: id\nignore: [updated_at]"
+    path = write_config(config_text(origin.url("/c"), extra))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        origin.set("/c", {"components": [{"id": 1, "status": "ok", "updated_at": "t1"}]})
+        quiet = await engine.poll("api")
+        assert (quiet.result, quiet.events) == ("unchanged", [])
+        origin.set("/c", {"components": [{"id": 1, "status": "down", "updated_at": "t2"}]})
+        loud = await engine.poll("api")
+    [event] = loud.events
+    # The patch lists the change that caused the event, not the ignored field.
+    assert event["data"]["changes"] == [{"op": "replace", "path": "/status", "value": "down"}]
+
+
+async def test_on_filters_the_kinds_sent_but_the_snapshot_follows(origin, write_config) -> None:
+    origin.set("/c", items((1, "ok"), (2, "ok")))
+    extra = "items: components\nkey: id\non: [added]"
+    path = write_config(config_text(origin.url("/c"), extra))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        origin.set("/c", items((1, "down"), (3, "ok")))
+        result = await engine.poll("api")
+        assert [e["type"] for e in result.events] == ["item.added"]
+        assert set(engine.store.item_hashes("api")) == {"1", "3"}
+
+
+async def test_key_absent_uses_content(origin: Origin, write_config) -> None:
+    origin.set("/l", ["a", "b"])
+    path = write_config(config_text(origin.url("/l"), 'items: "@"'))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        origin.set("/l", ["a", "c"])
+        result = await engine.poll("api")
+    kinds = sorted((e["type"], e["data"]["after"] or e["data"]["before"]) for e in result.events)
+    assert kinds == [("item.added", "c"), ("item.removed", "b")]
+
+
+async def test_conditional_request_and_304(origin: Origin, write_config) -> None:
+    origin.set("/c", items((1, "ok")))
+    path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        result = await engine.poll("api")
+        engine.flush()
+        row = engine.store.source_row("api")
+    assert result.result == "unchanged"
+    first, second = origin.hits("/c")
+    assert "If-None-Match" not in first
+    assert second["If-None-Match"] == row.fetch_state.etag
+    assert row.last_result == "unchanged"
+
+
+async def test_last_modified_is_stored_and_sent(origin: Origin, write_config) -> None:
+    stamp = "Wed, 21 Oct 2026 07:28:00 GMT"
+    origin.set("/c", items((1, "ok")), etag=False, headers={"Last-Modified": stamp})
+    path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        # Same bytes without validators matching: unchanged by hash, without parsing.
+        result = await engine.poll("api")
+    assert result.result == "unchanged"
+    assert origin.hits("/c")[1]["If-Modified-Since"] == stamp
+
+
+FAILURES = {
+    "status 500": dict(body=b'{"error": true}', status=500),
+    "invalid json": dict(body=b"{not json"),
+    "items finds nothing": dict(body=b'{"other": []}'),
+    "items not a list": dict(body=b'{"components": {"id": 1}}'),
+    "over max_bytes": dict(body=b'{"components": [' + b'{"id": 9},' * 20000 + b'{"id": 1}]}'),
+    "timeout": dict(body=b'{"components": []}', delay=3.0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+async def test_a_failed_poll_emits_nothing_and_keeps_the_snapshot(
+    case: str, origin: Origin, write_config
+) -> None:
+    origin.set("/c", items((1, "ok"), (2, "ok")))
+    extra = "items: components\nkey: id\nmax_bytes: 64KB\ntimeout: 1s"
+    path = write_config(config_text(origin.url("/c"), extra))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        before = engine.store.item_hashes("api")
+        origin.set("/c", **FAILURES[case])  # type: ignore[arg-type]
+        failed = await engine.poll("api")
+        assert failed.result == "error" and failed.events == []
+        assert failed.error
+        assert engine.store.item_hashes("api") == before
+        assert engine.store.deliveries() == []
+        # Recovery to the same items: still nothing, no flood of removals and additions.
+        origin.set("/c", items((1, "ok"), (2, "ok")))
+        recovered = await engine.poll("api")
+        assert recovered.events == [] and recovered.result == "unchanged"
+
+
+async def test_connection_refused_is_a_failed_poll(write_config) -> None:
+    path = write_config(config_text("http://127.0.0.1:9/nothing", "items: components"))
+    async with engine_for(path) as engine:
+        result = await engine.poll("api")
+        engine.flush()
+        row = engine.store.source_row("api")
+    assert result.result == "error" and "127.0.0.1:9" in (result.error or "")
+    assert row.failures == 1 and row.last_error == result.error
+
+
+async def test_an_empty_list_is_a_real_answer(origin: Origin, write_config) -> None:
+    origin.set("/c", items((1, "ok")))
+    path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        origin.set("/c", {"components": []})
+        result = await engine.poll("api")
+    assert [e["type"] for e in result.events] == ["item.removed"]
+
+
+async def test_partial_pages_never_look_like_removals(origin: Origin, write_config) -> None:
+    def page(n: int, ids: list[int], last: bool = False) -> None:
+        link = {} if last else {"Link": f'<{origin.url(f"/p{n + 1}")}>; rel="next"'}
+        origin.set(f"/p{n}", [{"id": i} for i in ids], headers=link)
+
+    page(1, [1, 2])
+    page(2, [3, 4])
+    page(3, [5], last=True)
+    extra = 'items: "@"\nkey: id\npaginate: link\nmax_pages: 3'
+    path = write_config(config_text(origin.url("/p1"), extra))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        assert set(engine.store.item_hashes("api")) == {"1", "2", "3", "4", "5"}
+    # Now only two pages may be read: item 5 is out of the window, not removed.
+    path = write_config(config_text(origin.url("/p1"), extra.replace("3", "2")))
+    page(1, [0, 1])  # a new item pushes the list along
+    async with engine_for(path) as engine:
+        result = await engine.poll("api")
+    assert [(e["type"], e["data"]["key"]) for e in result.events] == [("item.added", "0")]
+
+
+async def test_alert_after_sends_failing_once_then_recovered(origin: Origin, write_config) -> None:
+    origin.set("/c", items((1, "ok")))
+    path = write_config(config_text(origin.url("/c"), "items: components\nkey: id\nalert_after: 2"))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        origin.set("/c", body=b"oops", status=503)
+        results = [await engine.poll("api") for _ in range(4)]
+        origin.set("/c", items((1, "ok")))
+        back = await engine.poll("api")
+        again = await engine.poll("api")
+    types = [[e["type"] for e in r.events] for r in results]
+    assert types == [[], ["source.failing"], [], []]
+    failing = results[1].events[0]["data"]
+    assert failing["failures"] == 2 and "503" in failing["error"] and failing["since"]
+    [recovered] = back.events
+    assert recovered["type"] == "source.recovered" and recovered["data"]["failures"] == 4
+    assert again.events == []
+
+
+async def test_dry_run_stores_nothing(origin: Origin, write_config) -> None:
+    origin.set("/c", items((1, "ok")))
+    extra = "items: components\nkey: id\non_first_poll: emit"
+    path = write_config(config_text(origin.url("/c"), extra))
+    async with engine_for(path) as engine:
+        result = await engine.poll("api", dry_run=True)
+        assert [e["type"] for e in result.events] == ["item.added"]
+        engine.flush()
+        assert engine.store.item_hashes("api") == {}
+        assert engine.store.events() == [] and engine.store.source_rows() == {}
