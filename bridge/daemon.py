@@ -23,6 +23,7 @@ log = logging.getLogger("bridge.daemon")
 
 FLUSH_INTERVAL = 1.0  # seconds between writes of buffered unchanged polls
 TRIM_INTERVAL = 3600.0  # seconds between retention passes
+FIRST_TRIM = 5.0  # the first pass comes soon after start, once the first polls are under way
 
 
 def _trim(path: Path, before: float) -> int:
@@ -159,7 +160,7 @@ class Daemon:
 
     async def _housekeeping(self) -> None:
         assert self.engine is not None
-        next_trim = time.time() + 60.0
+        next_trim = time.time() + FIRST_TRIM
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), FLUSH_INTERVAL)

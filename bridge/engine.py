@@ -132,16 +132,6 @@ class Engine:
 
     def _record(self, commit: PollCommit) -> None:
         name = commit.row.name
-        self.metrics.polls.labels(name, commit.result).inc()
-        self.metrics.poll_duration.observe(commit.duration)
-        for ev in commit.events:
-            self.metrics.events.labels(name, ev.type).inc()
-        if commit.result == "error":
-            log.warning("poll %s failed: %s", name, commit.row.last_error)
-        elif commit.events:
-            log.info("poll %s: %s, %d events", name, commit.result, len(commit.events))
-        else:
-            log.debug("poll %s: %s", name, commit.result)
         if commit.events or commit.upserts or commit.deletes:
             self._buffer.pop(name, None)
             self.store.commit_polls([commit])
@@ -152,6 +142,17 @@ class Engine:
             self._buffer[name] = commit
             if len(self._buffer) >= FLUSH_EVERY:
                 self.flush()
+        # Counted and logged once stored: a poll whose commit failed did not happen.
+        self.metrics.polls.labels(name, commit.result).inc()
+        self.metrics.poll_duration.observe(commit.duration)
+        for ev in commit.events:
+            self.metrics.events.labels(name, ev.type).inc()
+        if commit.result == "error":
+            log.warning("poll %s failed: %s", name, commit.row.last_error)
+        elif commit.events:
+            log.info("poll %s: %s, %d events", name, commit.result, len(commit.events))
+        else:
+            log.debug("poll %s: %s", name, commit.result)
 
     def flush(self) -> None:
         """Write buffered no-change polls."""

@@ -261,6 +261,9 @@ class Store:
             raise StateError(f"{self.path}: cannot write the state file: {exc}") from exc
         try:
             yield conn
+        except sqlite3.DatabaseError as exc:
+            conn.rollback()
+            raise StateError(f"{self.path}: cannot write the state file: {exc}") from exc
         except BaseException:
             conn.rollback()
             raise

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from standardwebhooks import Webhook
 
 from tests.conftest import SECRET, Origin, Receiver, run_cli, wait_for
@@ -249,3 +250,81 @@ def test_kill_9_loses_no_change(write_config, origin: Origin, receiver: Receiver
         latest[(e["data"]["source"], e["data"]["key"])] = e["data"]["after"]["v"]
     changed = {(n, str(k)): v for n in names for k, v in versions[n].items() if v > 0}
     assert {k: latest[k] for k in changed} == changed
+
+
+def test_once_beside_the_daemon_leaves_delivering_to_it(write_config, origin, receiver) -> None:
+    origin.set("/a", [{"id": 1}])
+    path = write_config(config(receiver, [("a", origin.url("/a"))], every="1h"))
+    proc = start(path)
+    try:
+        wait_for(lambda: len(origin.hits("/a")) >= 1, timeout=15)
+        origin.set("/a", [{"id": 1}, {"id": 2}])
+        result = run_cli("once", "-c", str(path), env=ENV)
+        assert result.code == 0, result.stderr
+        assert "a `bridge run` is using this state file" in result.stderr
+        # The daemon notices the new delivery in the shared state file and sends it, once.
+        wait_for(lambda: len(receiver.received) == 1, timeout=10)
+        time.sleep(1)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert len(receiver.received) == 1 and receiver.events()[0]["data"]["key"] == "2"
+
+
+def test_retention_trims_old_history_but_keeps_pending(write_config, origin, receiver) -> None:
+    origin.set("/a", [{"id": 1}])
+    path = write_config(config(receiver, [("a", origin.url("/a"))], every="1h"))
+    assert run_cli("once", "-c", str(path), env=ENV).code == 0
+    db = path.parent / "state.db"
+    old = time.time() - 40 * 86400
+    with sqlite3.connect(db) as conn:
+        for i, status in enumerate(["delivered", "dead", "pending"]):
+            conn.execute(
+                "INSERT INTO events (id, source, type, key, created_at, body) "
+                "VALUES (?, 'a', 'item.added', ?, ?, '{}')",
+                (f"evt_old{i}", str(i), old),
+            )
+            conn.execute(
+                "INSERT INTO deliveries (event_seq, webhook, source, status, attempts, "
+                "next_attempt_at, created_at, updated_at) VALUES ((SELECT seq FROM events "
+                "WHERE id = ?), 'gone', 'a', ?, 1, ?, ?, ?)",
+                (f"evt_old{i}", status, old, old, old),
+            )
+            conn.execute(
+                "INSERT INTO polls (source, at, result) VALUES ('a', ?, 'changed')", (old,)
+            )
+    proc = start(path)
+    try:
+
+        def trimmed() -> bool:
+            with sqlite3.connect(db) as conn:
+                return [r[0] for r in conn.execute("SELECT id FROM events")] == ["evt_old2"]
+
+        wait_for(trimmed, timeout=15, interval=0.2)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status FROM deliveries").fetchall() == [("pending",)]
+        assert conn.execute("SELECT count(*) FROM polls WHERE at < ?", (old + 1,)).fetchone() == (
+            0,
+        )
+
+
+def test_read_only_state_file_is_one_line(write_config, origin, receiver) -> None:
+    origin.set("/a", [{"id": 1}])
+    path = write_config(config(receiver, [("a", origin.url("/a"))]))
+    assert run_cli("once", "-c", str(path), env=ENV).code == 0
+    state = path.parent / "state.db"
+    # As root, permission bits do not stop writes; the immutable attribute does.
+    locked = subprocess.run(["chattr", "+i", str(state)], capture_output=True)
+    if locked.returncode != 0:
+        pytest.skip(f"cannot make the file immutable here: {locked.stderr.decode().strip()}")
+    try:
+        origin.set("/a", [{"id": 1}, {"id": 2}])
+        result = run_cli("once", "-c", str(path), env=ENV)
+    finally:
+        subprocess.run(["chattr", "-i", str(state)], check=True)
+    assert result.code == 1
+    assert str(state) in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
