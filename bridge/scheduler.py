@@ -17,6 +17,10 @@ from bridge.source import SourceSpec
 
 PollFunc = Callable[[str], Awaitable[object]]
 
+# Overdue sources are spread over at most this many seconds after start: soon enough that a
+# user sees the first results at once, spread enough that a restart is not a burst.
+MAX_START_SPREAD = 10.0
+
 
 def _trigger(spec: SourceSpec) -> BaseTrigger:
     if spec.cron:
@@ -32,10 +36,10 @@ def first_run(
 ) -> float:
     """When to poll a source first after start: its last poll plus its interval.
 
-    A source never polled, or overdue, is polled soon, spread over its jitter (at least a few
-    seconds) so that a restart does not poll everything at once.
+    A source never polled, or overdue, is polled soon, spread over its jitter clamped to 1-10 s,
+    so that a restart does not poll everything at once.
     """
-    spread = max(spec.jitter, min(5.0, spec.every or 5.0))
+    spread = min(max(spec.jitter, 1.0), MAX_START_SPREAD, spec.every or MAX_START_SPREAD)
     if spec.every is None:
         return now + rng.uniform(0, spread) if last_poll_at is None else 0.0
     if last_poll_at is None or last_poll_at + spec.every <= now:
