@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import orjson
@@ -10,6 +9,8 @@ import orjson
 from bridge.errors import SourceError
 from bridge.http import HttpClient
 from bridge.source import Fetched, FetchState, Option, Source
+from sources._common import AUTH_OPTION, basic_auth, check_auth, check_http_url, request_headers
+from sources._common import body_hash as hashed
 
 
 class HttpSource(Source):
@@ -23,9 +24,7 @@ class HttpSource(Source):
         "params": Option("mapping", default={}),
         "body": Option("str"),
         "json": Option("any"),
-        "auth": Option(
-            "mapping", secret=True, help="{bearer: TOKEN} or {basic: {username, password}}"
-        ),
+        "auth": AUTH_OPTION,
         "items": Option("str", help="JMESPath selecting the list of items"),
         "key": Option("str", help="JMESPath giving each item's identity"),
         "paginate": Option("choice", choices=("link",)),
@@ -35,20 +34,10 @@ class HttpSource(Source):
     @classmethod
     def check(cls, options: Any) -> list[tuple[str, str]]:
         """Auth must be exactly one of bearer or basic; body and json exclude each other."""
-        problems: list[tuple[str, str]] = []
-        auth = options.get("auth")
-        if auth is not None:
-            if set(auth) == {"bearer"}:
-                if not isinstance(auth["bearer"], str):
-                    problems.append(("auth.bearer", "must be a string"))
-            elif set(auth) == {"basic"}:
-                basic = auth["basic"]
-                if not isinstance(basic, dict) or set(basic) != {"username", "password"}:
-                    problems.append(("auth.basic", "must be {username: ..., password: ...}"))
-            else:
-                problems.append(
-                    ("auth", "must be {bearer: TOKEN} or {basic: {username, password}}")
-                )
+        problems = check_auth(options.get("auth"))
+        url_problem = check_http_url(options.get("url"))
+        if url_problem:
+            problems.append(("url", url_problem))
         if options.get("body") is not None and options.get("json") is not None:
             problems.append(("json", "give body: or json:, not both"))
         if options.get("max_pages", 10) < 1:
@@ -65,26 +54,12 @@ class HttpSource(Source):
         """The configured `key:` expression."""
         return self.spec.options.get("key")
 
-    def _request_headers(self) -> dict[str, str]:
-        opts = self.spec.options
-        headers = {str(k): str(v) for k, v in (opts.get("headers") or {}).items()}
-        auth = opts.get("auth")
-        if auth and "bearer" in auth:
-            headers["Authorization"] = f"Bearer {auth['bearer']}"
-        return headers
-
-    def _basic_auth(self) -> tuple[str, str] | None:
-        auth = self.spec.options.get("auth")
-        if auth and "basic" in auth:
-            return (str(auth["basic"]["username"]), str(auth["basic"]["password"]))
-        return None
-
     async def fetch(self, http: HttpClient, state: FetchState) -> Fetched:
         """GET (or any method) the URL conditionally, following Link pages when asked."""
         opts = self.spec.options
         json_body = opts.get("json")
         data = orjson.dumps(json_body) if json_body is not None else opts.get("body")
-        headers = self._request_headers()
+        headers = request_headers(opts)
         if json_body is not None:
             headers.setdefault("Content-Type", "application/json")
         pages = await http.fetch_pages(
@@ -93,7 +68,7 @@ class HttpSource(Source):
             headers=headers,
             params={str(k): str(v) for k, v in (opts.get("params") or {}).items()},
             data=data,
-            auth=self._basic_auth(),
+            auth=basic_auth(opts),
             etag=state.etag,
             last_modified=state.last_modified,
             timeout=self.spec.timeout,
@@ -102,11 +77,7 @@ class HttpSource(Source):
         )
         if pages.not_modified:
             return Fetched(unchanged=True, state=state)
-        digest = hashlib.blake2b(digest_size=16)
-        for body in pages.bodies:
-            digest.update(len(body).to_bytes(8, "big"))
-            digest.update(body)
-        body_hash = digest.hexdigest()
+        body_hash = hashed(pages.bodies)
         new_state = FetchState(
             etag=pages.etag, last_modified=pages.last_modified, body_hash=body_hash, url=state.url
         )

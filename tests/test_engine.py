@@ -276,3 +276,27 @@ async def test_dry_run_stores_nothing(origin: Origin, write_config) -> None:
         engine.flush()
         assert engine.store.item_hashes("api") == {}
         assert engine.store.events() == [] and engine.store.source_rows() == {}
+
+
+async def test_request_options_reach_the_origin(origin: Origin, write_config) -> None:
+    origin.set("/q?page=2", [{"id": 1}])
+    extra = (
+        'items: "@"\nkey: id\nmethod: POST\nparams: {page: 2}\njson: {query: open}\n'
+        "headers: {X-Api: v1}\nauth: {bearer: tok-123}"
+    )
+    path = write_config(config_text(origin.url("/q"), extra))
+    async with engine_for(path) as engine:
+        assert (await engine.poll("api")).result == "new"
+    [headers] = origin.hits("/q?page=2")
+    assert headers["Authorization"] == "Bearer tok-123"
+    assert headers["X-Api"] == "v1" and headers["Content-Type"] == "application/json"
+
+
+async def test_basic_auth_reaches_the_origin(origin: Origin, write_config) -> None:
+    origin.set("/b", [{"id": 1}])
+    extra = 'items: "@"\nauth: {basic: {username: ann, password: "s3cret"}}'
+    path = write_config(config_text(origin.url("/b"), extra))
+    async with engine_for(path) as engine:
+        assert (await engine.poll("api")).result == "new"
+    [headers] = origin.hits("/b")
+    assert headers["Authorization"] == "Basic YW5uOnMzY3JldA=="
