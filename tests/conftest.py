@@ -5,14 +5,16 @@ too), and helpers to write configs and run the CLI."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
 import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,11 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+
+from bridge.config import load_config
+from bridge.engine import Engine
+from bridge.http import HttpClient
+from bridge.store import Store
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -247,3 +254,15 @@ async def async_wait_for(
             return
         await asyncio.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+@contextlib.asynccontextmanager
+async def engine_for(path: Path) -> AsyncIterator[Engine]:
+    """An Engine over a real state file and HTTP client, for the config at `path`."""
+    config = load_config(path, {})
+    store = Store(config.state)
+    try:
+        async with HttpClient(per_host=config.per_host) as http:
+            yield Engine(config, store, http, out=io.StringIO())
+    finally:
+        store.close()

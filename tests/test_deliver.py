@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import random
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from standardwebhooks import Webhook
 
-from bridge.config import WebhookSpec, load_config
+from bridge.config import WebhookSpec
 from bridge.deliver import decide, sign
 from bridge.engine import Engine
-from bridge.http import HttpClient
-from bridge.store import Store
-from tests.conftest import SECRET, Origin, Receiver, async_wait_for
+from tests.conftest import SECRET, Origin, Receiver, async_wait_for, engine_for
 
 SECOND_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
 
@@ -46,17 +42,6 @@ sources:
 def write(write_config, origin: Origin, receiver: Receiver, **kw: object) -> Path:
     values = {"retry": "[50ms, 50ms]", "secret": SECRET, "concurrency": 4, **kw}
     return write_config(CONFIG.format(hook=receiver.url(), origin=origin.url("/items"), **values))
-
-
-@contextlib.asynccontextmanager
-async def engine_for(path: Path) -> AsyncIterator[Engine]:
-    config = load_config(path, {})
-    store = Store(config.state)
-    try:
-        async with HttpClient() as http:
-            yield Engine(config, store, http, out=io.StringIO())
-    finally:
-        store.close()
 
 
 async def deliver_until_settled(engine: Engine, rounds: int = 20) -> None:

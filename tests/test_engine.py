@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import jsonpatch
 import pytest
 
-from bridge.config import load_config
-from bridge.engine import Engine
-from bridge.http import HttpClient
-from bridge.store import Store
-from tests.conftest import Origin
+from tests.conftest import Origin, engine_for
 
 CONFIG = """
 state: state.db
@@ -33,17 +24,6 @@ sources:
 def config_text(url: str, extra: str = "") -> str:
     body = "\n".join("    " + line for line in extra.strip().splitlines())
     return CONFIG.format(url=url, extra=body)
-
-
-@contextlib.asynccontextmanager
-async def engine_for(path: Path) -> AsyncIterator[Engine]:
-    config = load_config(path, {})
-    store = Store(config.state)
-    try:
-        async with HttpClient(per_host=config.per_host) as http:
-            yield Engine(config, store, http, out=io.StringIO())
-    finally:
-        store.close()
 
 
 def items(*pairs: tuple[int, str]) -> dict[str, object]:

@@ -4,10 +4,8 @@ server, polled through the config loader, the Engine and SQLite."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import io
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +14,9 @@ import pytest
 from aiohttp import web
 
 from bridge.config import load_config
-from bridge.engine import Engine
 from bridge.errors import ConfigError
-from bridge.http import HttpClient
-from bridge.store import Store
 from sources import feed
-from tests.conftest import ThreadedServer
+from tests.conftest import ThreadedServer, engine_for
 
 RSS = "application/rss+xml"
 
@@ -113,17 +108,6 @@ def config(url: str, extra: str = "") -> str:
     lines = ["  - name: blog", "    kind: feed", f"    url: {url}", "    webhooks: [out]"]
     lines += [f"    {line}" for line in extra.strip().splitlines()]
     return 'state: state.db\nwebhooks:\n  out: {url: "-"}\nsources:\n' + "\n".join(lines) + "\n"
-
-
-@contextlib.asynccontextmanager
-async def engine_for(path: Path) -> AsyncIterator[Engine]:
-    cfg = load_config(path, {})
-    store = Store(cfg.state)
-    try:
-        async with HttpClient(per_host=cfg.per_host) as http:
-            yield Engine(cfg, store, http, out=io.StringIO())
-    finally:
-        store.close()
 
 
 def keys(result: Any) -> list[tuple[str, str]]:

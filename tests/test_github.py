@@ -3,10 +3,8 @@ replays octokit's recorded API answers (tests/fake_github.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +12,9 @@ import pytest
 
 import bridge
 from bridge.config import load_config
-from bridge.engine import Engine
 from bridge.errors import ConfigError
-from bridge.http import HttpClient
-from bridge.store import Store
 from sources import github
+from tests.conftest import engine_for
 from tests.fake_github import FakeGitHub, extra, recorded
 
 ORG = "octokit-fixture-org"
@@ -83,17 +79,6 @@ def source(name: str, fake: FakeGitHub, repo: str, **options: Any) -> str:
 
 def config(*sources: str) -> str:
     return 'state: state.db\nwebhooks:\n  out: {url: "-"}\nsources:\n' + "\n".join(sources) + "\n"
-
-
-@contextlib.asynccontextmanager
-async def engine_for(path: Path) -> AsyncIterator[Engine]:
-    cfg = load_config(path, {})
-    store = Store(cfg.state)
-    try:
-        async with HttpClient(per_host=cfg.per_host) as http:
-            yield Engine(cfg, store, http, out=io.StringIO())
-    finally:
-        store.close()
 
 
 def keys(result: Any) -> list[tuple[str, str]]:
