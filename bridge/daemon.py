@@ -119,6 +119,9 @@ class Daemon:
         if new.state != self.config.state:
             log.error("reload refused: `state` cannot change while running (restart instead)")
             return
+        for key in ("listen", "per_host"):
+            if getattr(new, key) != getattr(self.config, key):
+                log.warning("reload: http.%s changes take effect at the next restart", key)
         added, removed, changed = self.engine.reload(new)
         for name in removed:
             self.scheduler.unschedule(name)
@@ -205,9 +208,15 @@ class Daemon:
                 if self.config.listen:
                     from bridge.server import start_status_server
 
-                    runner = await start_status_server(
-                        *self.config.listen, healthy=self.healthy, metrics=self.metrics
-                    )
+                    host, port = self.config.listen
+                    try:
+                        runner = await start_status_server(
+                            host, port, healthy=self.healthy, metrics=self.metrics
+                        )
+                    except OSError as exc:
+                        raise BridgeError(
+                            f"{self.config.path}: http.listen {host}:{port}: {exc.strerror}"
+                        ) from exc
                 log.info(
                     "running: %d sources, %d webhooks, state %s",
                     len(self.config.sources),

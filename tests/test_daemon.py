@@ -328,3 +328,37 @@ def test_read_only_state_file_is_one_line(write_config, origin, receiver) -> Non
     assert result.code == 1
     assert str(state) in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_http_listen_port_in_use_is_one_line(write_config, origin, receiver) -> None:
+    import socket
+
+    origin.set("/a", [{"id": 1}])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = config(receiver, [("a", origin.url("/a"))]).replace(
+            "state: state.db", f"state: state.db\nhttp:\n  listen: 127.0.0.1:{port}"
+        )
+        result = run_cli("run", "-c", str(write_config(text)), env=ENV, timeout=30)
+    assert result.code == 1, result.stderr
+    assert f"http.listen 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sighup_applies_changed_options_and_keeps_state(write_config, origin, receiver) -> None:
+    origin.set("/a", [{"id": 1}])
+    origin.set("/a2", [{"id": 1}, {"id": 2}])
+    path = write_config(config(receiver, [("a", origin.url("/a"))]))
+    proc = start(path)
+    try:
+        wait_for(lambda: len(origin.hits("/a")) >= 1, timeout=15)
+        path.write_text(config(receiver, [("a", origin.url("/a2"))]))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(receiver.received) >= 1, timeout=15)
+        time.sleep(1.2)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    # The snapshot survived the reload: only the item new at the new URL is an event.
+    assert [(e["type"], e["data"]["key"]) for e in receiver.events()] == [("item.added", "2")]
