@@ -1,91 +1,33 @@
-"""The `bridge` command: the only place that reads argv and the environment and wires objects."""
+"""The `bridge` command: with cli_common and cli_tools, the only place that reads argv and the
+environment, sets up logging and wires objects. Here: the group and the commands on a config."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import orjson
 
 from bridge import __version__, logs
-from bridge.config import Config, load_config, redacted
-from bridge.errors import BridgeError, ConfigError, StateError
+from bridge.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    config_option,
+    handle_errors,
+    load,
+    log_level_given,
+    run_async,
+)
+from bridge.cli_tools import demo, init, listen
+from bridge.config import Config, redacted
+from bridge.errors import ConfigError, StateError
 from bridge.lock import daemon_running
-
-T = TypeVar("T")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _default_config() -> str:
-    return os.environ.get("BRIDGE_CONFIG", "bridge.yaml")
-
-
-def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """-c/--config on every command."""
-    return click.option(
-        "-c",
-        "--config",
-        "config_path",
-        default=_default_config,
-        show_default="./bridge.yaml or $BRIDGE_CONFIG",
-        help="The config file.",
-    )(f)
-
-
-def handle_errors(f: Callable[..., int | None]) -> Callable[..., None]:
-    """Turn our errors into one line on stderr and the SPEC's exit code; never a traceback."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            code = f(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"bridge: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-        except StateError as exc:
-            click.echo(f"bridge: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-        except BridgeError as exc:
-            click.echo(f"bridge: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-        except KeyboardInterrupt:
-            sys.exit(130)
-        sys.exit(code or EXIT_OK)
-
-    return wrapper
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on a fresh event loop."""
-    return asyncio.run(coro)
-
-
-def _load(config_path: str) -> Config:
-    return load_config(config_path, os.environ)
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """An aligned plain-text table."""
-    cells = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in columns] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+from bridge.tables import print_table, relative, when
 
 
 @click.group()
@@ -109,12 +51,16 @@ def main(log_level: str, log_format: str, busy_timeout: float) -> None:
     store.busy_timeout = busy_timeout
 
 
+for _command in (init, listen, demo):
+    main.add_command(_command)
+
+
 @main.command()
 @config_option
 @handle_errors
 def check(config_path: str) -> int:
     """Validate the config and list its sources (secrets redacted)."""
-    config = _load(config_path)
+    config = load(config_path)
     print_table(redacted(config), ["name", "kind", "schedule", "webhooks"])
     click.echo(f"{config.path}: ok, {len(config.sources)} sources, {len(config.webhooks)} webhooks")
     return EXIT_OK
@@ -130,16 +76,25 @@ def _check_names(config: Config, names: Sequence[str]) -> None:
 @main.command()
 @config_option
 @click.argument("sources", nargs=-1)
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print nothing unless something failed (for cron)."
+)
 @handle_errors
-def once(config_path: str, sources: tuple[str, ...]) -> int:
+def once(config_path: str, sources: tuple[str, ...], quiet: bool) -> int:
     """Poll the named sources (default: all) once, send what is due, exit."""
-    config = _load(config_path)
+    config = load(config_path)
     _check_names(config, sources)
     names = list(sources) or [s.name for s in config.sources]
-    return run_async(_once(config, names))
+    if quiet and not log_level_given():
+        logs.quieter()
+    return run_async(_once(config, names, quiet=quiet))
 
 
-async def _once(config: Config, names: list[str]) -> int:
+# Progress shows when one pass polls at least this many sources and stderr is a terminal.
+PROGRESS_FROM = 10
+
+
+async def _once(config: Config, names: list[str], *, quiet: bool = False) -> int:
     from bridge.engine import Engine, PollResult
     from bridge.http import HttpClient
     from bridge.store import Store
@@ -148,18 +103,29 @@ async def _once(config: Config, names: list[str]) -> int:
     try:
         async with HttpClient(per_host=config.per_host) as http:
             engine = Engine(config, store, http)
-            done = 0
-            show = sys.stderr.isatty() and len(names) > 20
+            done = errors = 0
+            shown = 0.0
+            show = not quiet and sys.stderr.isatty() and len(names) >= PROGRESS_FROM
 
-            def progress(_: PollResult) -> None:
-                nonlocal done
+            def progress(result: PollResult) -> None:
+                nonlocal done, errors, shown
                 done += 1
-                if show and (done % 50 == 0 or done == len(names)):
-                    click.echo(f"\rpolled {done}/{len(names)}", err=True, nl=done == len(names))
+                errors += result.result == "error"
+                # A terminal redraw per poll would cost more than the polls; ten a second reads.
+                if show and (time.monotonic() - shown >= 0.1 or done == len(names)):
+                    shown = time.monotonic()
+                    failed = f", {errors} failed" if errors else ""
+                    line = f"\rpolling: {done}/{len(names)} sources{failed}"
+                    click.echo(line, err=True, nl=False)
 
             results = await engine.poll_many(names, progress=progress)
+            if show:
+                click.echo("\r\033[K", err=True, nl=False)  # the summary replaces the progress
             if daemon_running(config.state):
-                click.echo("bridge: a `bridge run` is using this state file; it delivers", err=True)
+                if not quiet:
+                    click.echo(
+                        "bridge: a `bridge run` is using this state file; it delivers", err=True
+                    )
             else:
                 await engine.deliver_due()
     finally:
@@ -170,7 +136,8 @@ async def _once(config: Config, names: list[str]) -> int:
         counts[r.result] = counts.get(r.result, 0) + 1
     events = sum(len(r.events) for r in results)
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    click.echo(f"bridge: polled {len(results)} sources ({summary}); {events} events", err=True)
+    if failed or not quiet:
+        click.echo(f"bridge: polled {len(results)} sources ({summary}); {events} events", err=True)
     for r in failed:
         click.echo(f"bridge: {r.source}: {r.error}", err=True)
     return EXIT_FAILED if failed else EXIT_OK
@@ -183,7 +150,7 @@ async def _once(config: Config, names: list[str]) -> int:
 @handle_errors
 def poll(config_path: str, source: str, dry_run: bool) -> int:
     """Poll one source now and print the events it produced."""
-    config = _load(config_path)
+    config = load(config_path)
     _check_names(config, [source])
     return run_async(_poll(config, source, dry_run))
 
@@ -223,7 +190,7 @@ def run(config_path: str) -> int:
     """Run the daemon: poll on schedule, deliver continuously (SIGHUP reloads)."""
     from bridge.daemon import Daemon
 
-    config = _load(config_path)
+    config = load(config_path)
     return run_async(Daemon(config, env=os.environ).run())
 
 
@@ -241,7 +208,7 @@ def _open_store(config: Config) -> Any:
 @handle_errors
 def status(config_path: str, as_json: bool) -> int:
     """Per source: last poll, result, last change, next poll, failures; per webhook: queue."""
-    config = _load(config_path)
+    config = load(config_path)
     store = _open_store(config)
     try:
         rows = store.source_rows()
@@ -270,14 +237,22 @@ def status(config_path: str, as_json: bool) -> int:
     if as_json:
         click.echo(orjson.dumps({"sources": sources, "webhooks": webhooks}).decode())
         return EXIT_OK
+    now = time.time()
+    running = daemon_running(config.state)
+    failing = [s for s in sources if s["failures"] and s["error"]]
     for s in sources:
-        for k in ("last_poll", "last_change", "next_poll"):
-            s[k] = _when(s[k])
+        s["last_poll"] = relative(s["last_poll"], now)
+        s["last_change"] = relative(s["last_change"], now)
+        s["next_poll"] = relative(s["next_poll"], now, past="due")
     print_table(
         sources, ["name", "kind", "last_poll", "result", "last_change", "next_poll", "failures"]
     )
+    for s in failing:
+        click.echo(f"  {s['name']}: {s['error']}")
     click.echo()
     print_table(webhooks, ["name", "pending", "delivered", "dead"])
+    if not running:
+        click.echo("\n(no `bridge run` is using this state file)")
     return EXIT_OK
 
 
@@ -289,7 +264,7 @@ def status(config_path: str, as_json: bool) -> int:
 @handle_errors
 def events(config_path: str, source: str | None, limit: int, as_json: bool) -> int:
     """Recent events, newest first."""
-    config = _load(config_path)
+    config = load(config_path)
     store = _open_store(config)
     try:
         found = store.events(source=source, limit=limit)
@@ -300,7 +275,7 @@ def events(config_path: str, source: str | None, limit: int, as_json: bool) -> i
             click.echo(orjson.dumps(e).decode())
         return EXIT_OK
     for e in found:
-        e["created_at"] = _when(e["created_at"])
+        e["created_at"] = when(e["created_at"])
     print_table(found, ["id", "created_at", "source", "type", "key"])
     return EXIT_OK
 
@@ -313,7 +288,7 @@ def events(config_path: str, source: str | None, limit: int, as_json: bool) -> i
 @handle_errors
 def deliveries(config_path: str, status_: str | None, limit: int, as_json: bool) -> int:
     """The delivery queue and history, with attempt counts and the last error."""
-    config = _load(config_path)
+    config = load(config_path)
     store = _open_store(config)
     try:
         found = store.deliveries(status=status_, limit=limit)
@@ -324,7 +299,7 @@ def deliveries(config_path: str, status_: str | None, limit: int, as_json: bool)
             click.echo(orjson.dumps(d).decode())
         return EXIT_OK
     for d in found:
-        d["next_attempt_at"] = _when(d["next_attempt_at"]) if d["status"] == "pending" else "-"
+        d["next_attempt_at"] = when(d["next_attempt_at"]) if d["status"] == "pending" else "-"
     print_table(
         found,
         ["id", "event_id", "webhook", "status", "attempts", "next_attempt_at", "last_error"],
@@ -349,7 +324,7 @@ def replay(
     """Queue deliveries again; the event keeps its webhook-id."""
     if bool(event_ids) == dead:
         raise ConfigError("give EVENT_ID... or --dead, not both and not neither")
-    config = _load(config_path)
+    config = load(config_path)
     if webhook and webhook not in config.webhooks:
         raise ConfigError(f"unknown webhook {webhook!r} (known: {', '.join(config.webhooks)})")
     store = _open_store(config)

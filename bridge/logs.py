@@ -34,9 +34,23 @@ def setup(level: str = "info", fmt: str = "text") -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
         )
-    root = logging.getLogger("bridge")
+    # The handler sits on the root logger so that the libraries' warnings (aiohttp, asyncio,
+    # APScheduler) and Python warnings come out in the same format: with --log-format json every
+    # line of stderr must parse, not only bridge's own.
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    root.setLevel(logging.WARNING)
+    ours = logging.getLogger("bridge")
+    ours.handlers[:] = []
+    ours.setLevel(level.upper())
+    ours.propagate = True
+    logging.captureWarnings(True)
     # APScheduler logs every job run at INFO; that is our debug.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def quieter(level: int = logging.WARNING) -> None:
+    """Raise bridge's log level to at least `level` (for quiet commands)."""
+    logger = logging.getLogger("bridge")
+    if logger.getEffectiveLevel() < level:
+        logger.setLevel(level)

@@ -1,0 +1,346 @@
+"""Running bridge for real: /metrics and /healthz of a live daemon, JSON logs, init, demo, status,
+the cron line and the systemd unit, each as a user meets them."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.units import cron_to_apscheduler
+from tests.conftest import SECRET, Origin, run_cli, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "tok_Zq8mX2pLr5vN0s"  # a bearer token for the polled API: must never be logged
+ENV = {"HOOK_SECRET": SECRET, "API_TOKEN": TOKEN}
+
+CONFIG = """
+state: state.db
+{http}
+webhooks:
+  hook:
+    url: {hook}
+    secret: ${{HOOK_SECRET}}
+    retry: [100ms, 100ms, 100ms]
+sources:
+  - name: api
+    kind: http
+    url: {origin}
+    auth: {{bearer: "${{API_TOKEN}}"}}
+    items: "@"
+    key: id
+    every: {every}
+    jitter: 0s
+    on_first_poll: {first}
+    webhooks: [hook]
+"""
+
+
+def config(hook: str, origin: str, *, every: str, port: int | None = None, emit=False) -> str:
+    http = f"http:\n  listen: 127.0.0.1:{port}" if port is not None else ""
+    first = "emit" if emit else "baseline"
+    return CONFIG.format(http=http, hook=hook, origin=origin, every=every, first=first)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str, timeout: float = 10) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    status, text = get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def start_daemon(path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "-c", str(path)],
+        env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def stop_daemon(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_metrics_count_polls_events_and_deliveries(write_config, origin: Origin, receiver):
+    port = free_port()
+    origin.set("/items", [{"id": 1, "v": 1}])
+    path = write_config(config(receiver.url(), origin.url("/items"), every="1s", port=port))
+    proc = start_daemon(path)
+    try:
+        wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=15)
+        wait_for(lambda: len(origin.hits("/items")) >= 1, timeout=15)
+        receiver.answer(500)  # the first attempt fails, the retry 100 ms later succeeds
+        origin.set("/items", [{"id": 1, "v": 2}])
+        wait_for(lambda: len(receiver.received) >= 2, timeout=15)
+        wait_for(lambda: value(scrape(port), "bridge_delivery_queue", webhook="hook",
+                               status="delivered") == 1)  # fmt: skip
+        origin.set("/items", body=b"down", status=500)
+        wait_for(lambda: value(scrape(port), "bridge_polls_total", source="api", result="error"))
+        m = scrape(port)
+    finally:
+        stop_daemon(proc)
+
+    assert value(m, "bridge_polls_total", source="api", result="new") == 1
+    assert value(m, "bridge_polls_total", source="api", result="changed") == 1
+    assert value(m, "bridge_polls_total", source="api", result="error") >= 1
+    polls = sum(v for (name, _), v in m.items() if name == "bridge_polls_total")
+    assert value(m, "bridge_poll_duration_seconds_count") == polls
+    assert value(m, "bridge_poll_duration_seconds_sum") > 0
+    assert value(m, "bridge_events_total", source="api", type="item.changed") == 1
+    assert value(m, "bridge_deliveries_total", webhook="hook", result="pending") == 1
+    assert value(m, "bridge_deliveries_total", webhook="hook", result="delivered") == 1
+    assert value(m, "bridge_delivery_queue", webhook="hook", status="pending") == 0
+    assert value(m, "bridge_delivery_queue", webhook="hook", status="dead") == 0
+
+
+def test_healthz_is_503_while_the_state_file_cannot_be_written(write_config, origin, receiver):
+    port = free_port()
+    origin.set("/items", [{"id": 1}])
+    path = write_config(config(receiver.url(), origin.url("/items"), every="1h", port=port))
+    proc = start_daemon(path)
+    health = f"http://127.0.0.1:{port}/healthz"
+    try:
+        wait_for(lambda: len(origin.hits("/items")) >= 1, timeout=15)  # no poll while locked
+        wait_for(lambda: get(health)[0] == 200, timeout=15)
+        # As root, chmod would not stop a write; another connection holding the write lock does.
+        holder = sqlite3.connect(path.parent / "state.db", isolation_level=None, timeout=10)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            started = time.monotonic()
+            status, text = get(health)
+            took = time.monotonic() - started
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert (status, text) == (503, "unhealthy\n")
+        assert 0.8 < took < 3.0  # the check gives up after about a second
+        assert get(health) == (200, "ok\n")
+    finally:
+        err = stop_daemon(proc)
+    assert "Traceback" not in err
+
+
+def test_json_logs_parse_line_by_line_and_hold_no_secret(write_config, origin, receiver):
+    origin.set("/items", [{"id": 1}])
+    origin.set("/broken", body=b"oops", status=500)
+    text = config(receiver.url(), origin.url("/items"), every="1h", emit=True)
+    text += '  - name: broken\n    kind: http\n    url: {}\n    headers: {{X-Key: "{}"}}\n'.format(
+        origin.url("/broken"), TOKEN
+    )
+    path = write_config(text)
+    receiver.answer(500)
+    args = ("--log-format", "json", "--log-level", "debug", "once", "-c", str(path))
+    first = run_cli(*args, env=ENV)
+    time.sleep(0.15)
+    second = run_cli(*args, env=ENV)  # the retry is delivered
+    assert first.code == second.code == 1  # `broken` failed
+    assert origin.hits("/items")[0]["Authorization"] == f"Bearer {TOKEN}"
+    records = []
+    for result in (first, second):
+        for line in result.stderr.splitlines():
+            if line.startswith("bridge: "):  # the command's own summary, not a log line
+                continue
+            records.append(orjson.loads(line))
+        everything = result.stdout + result.stderr
+        for secret in (SECRET, SECRET.removeprefix("whsec_"), TOKEN):
+            assert secret not in everything
+    messages = [(r["level"], r["msg"]) for r in records]
+    assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    assert ("info", "poll api: new, 1 events") in messages
+    assert any(level == "warning" and "poll broken failed" in m for level, m in messages)
+    assert any(level == "info" and "failed (HTTP 500); retry" in m for level, m in messages)
+    assert any(level == "debug" and m.startswith("delivered evt_") for level, m in messages)
+    assert any(level == "debug" and m == "poll api: unchanged" for level, m in messages)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bridge/http.py puts the webhook URL in DeliveryError; chat webhook URLs are secrets",
+)
+def test_a_failed_delivery_does_not_log_the_webhook_url(write_config, origin) -> None:
+    origin.set("/items", [{"id": 1}])
+    port = free_port()  # nothing listens there: connection refused
+    hook = f"http://127.0.0.1:{port}/services/T000/B000/{TOKEN}"
+    path = write_config(config(hook, origin.url("/items"), every="1h", emit=True))
+    result = run_cli("--log-level", "debug", "once", "-c", str(path), env=ENV)
+    listing = run_cli("deliveries", "-c", str(path), env=ENV)
+    assert "connection refused" in result.stderr + listing.stdout
+    assert TOKEN not in result.stderr + listing.stdout
+
+
+def test_init_writes_a_starter_that_passes_check_and_never_overwrites(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    made = run_cli("init", "-c", str(path))
+    assert made.code == 0, made.stderr
+    assert "bridge check" in made.stdout
+    starter = path.read_text()
+    assert starter.startswith("# bridge.yaml") and "webhooks:" in starter
+    checked = run_cli("check", "-c", str(path))
+    assert checked.code == 0, checked.stderr
+    assert "httpx-releases" in checked.stdout
+
+    path.write_text("# mine\n")
+    again = run_cli("init", "-c", str(path))
+    assert again.code == 2
+    assert again.stderr.strip() == (
+        f"bridge: {path} already exists; not overwriting it "
+        "(move it away, or write elsewhere with -c OTHER.yaml)"
+    )
+    assert path.read_text() == "# mine\n"
+
+
+def test_demo_prints_verified_changes_and_exits_0() -> None:
+    started = time.monotonic()
+    result = run_cli("demo", "--duration", "4", timeout=60)
+    assert result.code == 0, result.stderr
+    assert time.monotonic() - started < 15
+    out = result.stdout
+    assert re.search(r"item\.changed  status-page  key=\w+  verified evt_[0-9a-f]{32}", out), out
+    assert re.search(r'~ /status: "\w+" -> "\w+"', out)
+    assert "the status page changes:" in out
+    received = int(re.search(r"(\d+) webhooks received, every signature verified", out)[1])
+    assert received >= 1 and "rejected" not in out
+    assert "Traceback" not in result.stderr
+
+
+def test_status_shows_relative_times_and_json_keeps_timestamps(write_config, origin, receiver):
+    origin.set("/items", [{"id": 1}])
+    origin.set("/down", body=b"", status=503)
+    text = config(receiver.url(), origin.url("/items"), every="5m")
+    text += f"  - name: down\n    kind: http\n    url: {origin.url('/down')}\n"
+    path = write_config(text)
+    run_cli("once", "-c", str(path), env=ENV)
+    table = run_cli("status", "-c", str(path), env=ENV)
+    assert table.code == 0, table.stderr
+    api = next(line for line in table.stdout.splitlines() if line.startswith("api "))
+    assert re.search(r"\b(now|\ds ago)\b", api), table.stdout
+    assert "down: HTTP 503" in table.stdout
+    assert "no `bridge run` is using this state file" in table.stdout
+    doc = orjson.loads(run_cli("status", "-c", str(path), "--json", env=ENV).stdout)
+    [api_row] = [s for s in doc["sources"] if s["name"] == "api"]
+    assert abs(api_row["last_poll"] - time.time()) < 60
+
+
+def test_the_readme_cron_line_runs_quietly_and_speaks_up_on_failure(write_config, origin):
+    readme = (ROOT / "README.md").read_text()
+    [line] = re.findall(r"```crontab\n(.+)\n```", readme)
+    fields = line.split()
+    cron_to_apscheduler(" ".join(fields[:5]))  # a valid schedule
+    command = fields[5:]
+    assert command[:3] == ["flock", "-n", "/var/lib/bridge/once.lock"]
+    bridge_at = command.index("/opt/bridge/bin/bridge")
+    args = command[bridge_at + 1 :]
+    assert args[:2] == ["once", "-q"]
+
+    origin.set("/items", [{"id": 1}])
+    path = write_config(
+        f'webhooks:\n  out: {{url: "-"}}\nsources:\n  - name: api\n    kind: http\n'
+        f"    url: {origin.url('/items')}\n    webhooks: [out]\n"
+    )
+    args[args.index("-c") + 1] = str(path)
+    quiet = run_cli(*args)
+    assert (quiet.code, quiet.stdout, quiet.stderr) == (0, "", "")
+    origin.set("/items", body=b"", status=500)
+    loud = run_cli(*args)
+    assert loud.code == 1 and "api: HTTP 500" in loud.stderr
+
+
+def test_once_shows_progress_on_a_terminal(write_config, origin) -> None:
+    origin.set("/items", [{"id": 1}])
+    sources = "".join(
+        f"  - name: s{i}\n    kind: http\n    url: {origin.url('/items')}\n" for i in range(12)
+    )
+    path = write_config("sources:\n" + sources)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "once", "-c", str(path)],
+        stdout=subprocess.DEVNULL, stderr=follower, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert b"polling: 12/12 sources" in seen
+    assert b"polled 12 sources (12 new); 0 events" in seen
+
+
+def test_systemd_unit_has_what_a_service_needs() -> None:
+    unit = (ROOT / "contrib" / "bridge.service").read_text()
+    for line in (
+        "Type=exec",
+        "ExecStart=/opt/bridge/bin/bridge run -c /etc/bridge/bridge.yaml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "User=bridge",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/bridge",
+        "StateDirectory=bridge",
+    ):
+        assert f"\n{line}\n" in unit, line
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed; the unit's directives are checked above")
+    unit = (ROOT / "contrib" / "bridge.service").read_text()
+    # verify insists that ExecStart exists: point it at this environment's bridge.
+    here = Path(sys.executable).parent / "bridge"
+    assert here.exists()
+    copy = tmp_path / "bridge.service"
+    copy.write_text(unit.replace("/opt/bridge/bin/bridge", str(here)))
+    result = subprocess.run(
+        [analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr  # no "Unknown key" or similar warnings
