@@ -16,7 +16,7 @@ from typing import TextIO
 
 from bridge import __version__
 from bridge.config import WebhookSpec
-from bridge.errors import DeliveryError
+from bridge.errors import BridgeError, DeliveryError
 from bridge.http import HttpClient, parse_retry_after
 from bridge.store import Delivery, Store
 from bridge.templates import render_body
@@ -32,8 +32,9 @@ IDLE_RECHECK = 2.0
 
 
 def secret_key(secret: str) -> bytes:
-    """The HMAC key of a `whsec_<base64>` secret."""
-    return base64.b64decode(secret.removeprefix("whsec_"))
+    """The HMAC key of a `whsec_<base64>` secret (padding optional, as people copy them)."""
+    encoded = secret.removeprefix("whsec_")
+    return base64.b64decode(encoded + "=" * (-len(encoded) % 4))
 
 
 def sign(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
@@ -224,9 +225,15 @@ class WebhookWorker:
         """Deliver until stop() is called."""
         while not self._stopping:
             self._wake.clear()
-            self._fill()
             try:
-                await asyncio.wait_for(self._wake.wait(), self._sleep_time())
+                self._fill()
+                pause = self._sleep_time()
+            except BridgeError as exc:
+                # The state file is locked or failing: say so and try again, never stop delivering.
+                log.error("webhook %s: %s", self.spec.name, exc)
+                pause = IDLE_RECHECK
+            try:
+                await asyncio.wait_for(self._wake.wait(), pause)
             except TimeoutError:
                 pass
 

@@ -286,7 +286,7 @@ class HttpClient:
     ) -> Response:
         """Deliver one webhook: no redirects followed, at most 64 KiB of the answer kept."""
         if self._closed:
-            raise DeliveryError(f"POST {_display(url)}: the HTTP client is closed")
+            raise DeliveryError(f"POST {_origin(url)}: the HTTP client is closed")
         session = self._deliver or self._open_deliver()
         started = time.perf_counter()
         try:
@@ -300,9 +300,9 @@ class HttpClient:
                 answer = await _read_answer(resp.content)
                 return _response(resp, answer, time.perf_counter() - started)
         except TimeoutError as exc:
-            raise DeliveryError(f"POST {_display(url)}: timed out after {timeout:g}s") from exc
+            raise DeliveryError(f"POST {_origin(url)}: timed out after {timeout:g}s") from exc
         except (aiohttp.ClientError, ValueError) as exc:
-            raise DeliveryError(f"POST {_display(url)}: {_describe(exc)}") from exc
+            raise DeliveryError(f"POST {_origin(url)}: {_describe(exc)}") from exc
 
     async def _send(
         self,
@@ -501,11 +501,16 @@ def _one_line(value: object) -> str:
 
 
 def _display(url: str) -> str:
-    """The URL for messages, without any user:password@ in it."""
+    """A polled URL for messages: no user:password@, and no query (it may carry an API key)."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=netloc, query="…" if parts.query else ""))
+
+
+def _origin(url: str) -> str:
+    """A webhook URL for messages: scheme and host only, since chat webhook paths are secrets."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -377,6 +377,14 @@ class Store:
         """Lease up to `limit` due deliveries, oldest first, at most one per source in flight."""
         if limit <= 0:
             return []
+        # Most looks find nothing due: a plain read then costs no write lock on the file.
+        due = self.conn.execute(
+            "SELECT 1 FROM deliveries WHERE webhook = ? AND status = 'pending' "
+            "AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?) LIMIT 1",
+            (webhook, now, now),
+        ).fetchone()
+        if due is None:
+            return []
         with self.write() as conn:
             rows = conn.execute(
                 "SELECT d.id, e.id, d.source, d.attempts, e.body FROM deliveries d "

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import random
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from standardwebhooks import Webhook
 
+from bridge import store as store_module
 from bridge.config import WebhookSpec
-from bridge.deliver import decide, sign
+from bridge.deliver import decide, secret_key, sign
 from bridge.engine import Engine
 from tests.conftest import SECRET, Origin, Receiver, async_wait_for, engine_for
 
@@ -296,3 +299,33 @@ async def test_stdout_webhook_prints_json_lines(origin, write_config) -> None:
     import orjson
 
     assert [orjson.loads(line) for line in out.getvalue().splitlines()] == [event]
+
+
+def test_secret_without_base64_padding_works() -> None:
+    padded = "whsec_" + base64.b64encode(b"0123456789abcdefghij").decode()
+    assert padded.endswith("=")
+    assert secret_key(padded.rstrip("=")) == secret_key(padded) == b"0123456789abcdefghij"
+
+
+async def test_a_worker_survives_a_locked_state_file(
+    origin, receiver, write_config, monkeypatch
+) -> None:
+    monkeypatch.setattr(store_module, "busy_timeout", 0.2)
+    origin.set("/items", [{"id": 1}])
+    path = write(write_config, origin, receiver)
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        holder = sqlite3.connect(engine.store.path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        tasks = engine.start_workers()
+        try:
+            await asyncio.sleep(0.8)  # the worker's claims fail while the file is held
+            assert receiver.received == []
+            holder.execute("ROLLBACK")
+            await async_wait_for(lambda: len(receiver.received) == 1, timeout=5)
+        finally:
+            holder.close()
+            await engine.stop_workers(grace=1)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -193,10 +193,6 @@ def test_json_logs_parse_line_by_line_and_hold_no_secret(write_config, origin, r
     assert any(level == "debug" and m == "poll api: unchanged" for level, m in messages)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/http.py puts the webhook URL in DeliveryError; chat webhook URLs are secrets",
-)
 def test_a_failed_delivery_does_not_log_the_webhook_url(write_config, origin) -> None:
     origin.set("/items", [{"id": 1}])
     port = free_port()  # nothing listens there: connection refused
