@@ -211,11 +211,25 @@ class HttpClient:
         timeout: float = 10.0,
         max_bytes: int = _DEFAULT_MAX_BYTES,
         follow_redirects: bool = True,
+        block_host: bool = True,
     ) -> Response:
-        """Send one polling request and read the whole body; never raises for an HTTP status."""
+        """Send one polling request and read the whole body; never raises for an HTTP status.
+
+        `block_host=False` is for callers that keep their own rate-limit accounting (GitHub's
+        limits are per token): a limited answer then does not close the host to everyone.
+        """
         sent = _with_validators(_with_auth(headers, auth), etag, last_modified)
         return await self._send(
-            method, url, sent, params, data, timeout, max_bytes, max_bytes, follow_redirects
+            method,
+            url,
+            sent,
+            params,
+            data,
+            timeout,
+            max_bytes,
+            max_bytes,
+            follow_redirects,
+            block_host,
         )
 
     async def fetch_pages(
@@ -315,6 +329,7 @@ class HttpClient:
         budget: int,
         max_bytes: int,
         follow_redirects: bool,
+        block_host: bool = True,
     ) -> Response:
         if self._closed:
             raise SourceError(f"{method} {_display(url)}: the HTTP client is closed")
@@ -360,7 +375,8 @@ class HttpClient:
             except (aiohttp.ClientError, ValueError) as exc:
                 raise SourceError(f"{method} {_display(url)}: {_describe(exc)}") from exc
         now = time.time()
-        if (pause := rate_limit_wait(response.status, response.headers, now)) is not None:
+        pause = rate_limit_wait(response.status, response.headers, now) if block_host else None
+        if pause is not None:
             self.block(host, now + pause)
         return response
 

@@ -288,6 +288,7 @@ class GitHubSource(Source):
                 timeout=self.spec.timeout,
                 max_bytes=self.spec.max_bytes,
                 follow_redirects=False,
+                block_host=False,  # GitHub limits a token, not the host: budgets track that
             )
             if response.status not in _REDIRECTS:
                 self._accept(response, budget)
@@ -319,6 +320,7 @@ class GitHubSource(Source):
                 headers=self._headers(next_url),
                 timeout=self.spec.timeout,
                 max_bytes=self.spec.max_bytes,
+                block_host=False,
             )
             self._accept(page, budget)
             bodies.append(page.body)

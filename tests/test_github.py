@@ -262,6 +262,25 @@ async def test_exhausted_rate_limit_blocks_requests_until_reset(
     assert len(fake.hits(RELEASES)) == 2
 
 
+async def test_an_exhausted_token_does_not_block_another_token(
+    fake: FakeGitHub, clock: Clock, write_config
+) -> None:
+    add_releases(fake, [release()])
+    fake.add(extra("rate-limited"), times=1)
+    path = write_config(
+        config(
+            source("spent", fake, f"{ORG}/release-assets", token="t1"),
+            source("fresh", fake, f"{ORG}/release-assets", token="t2"),
+        )
+    )
+    async with engine_for(path) as engine:
+        assert (await engine.poll("spent")).result == "error"
+        # Same host, other token: GitHub's limit is per token, so this one still asks.
+        assert (await engine.poll("fresh")).result == "new"
+        assert (await engine.poll("spent")).result == "error"
+    assert len(fake.hits(RELEASES)) == 2
+
+
 async def test_rate_limit_429_blocks_too(fake: FakeGitHub, clock: Clock, write_config) -> None:
     add_releases(fake, [release()])
     fake.add(extra("rate-limited-429"), times=1)

@@ -440,9 +440,7 @@ async def test_post_failures_are_delivery_errors(
 ) -> None:
     url = f"http://127.0.0.1:{closed_port()}/hook"
     # Only the origin is named: a chat webhook's path is its secret.
-    with pytest.raises(
-        DeliveryError, match=r"^POST http://127\.0\.0\.1:\d+: connection refused$"
-    ):
+    with pytest.raises(DeliveryError, match=r"^POST http://127\.0\.0\.1:\d+: connection refused$"):
         await http.post(url, b"{}", {}, timeout=5)
 
     release = asyncio.Event()
