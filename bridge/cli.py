@@ -212,7 +212,7 @@ def status(config_path: str, as_json: bool) -> int:
     store = _open_store(config)
     try:
         rows = store.source_rows()
-        counts = store.delivery_counts()
+        counts = store.delivery_counts(config.webhooks)
     finally:
         store.close()
     sources: list[dict[str, Any]] = []
@@ -230,10 +230,7 @@ def status(config_path: str, as_json: bool) -> int:
                 "error": row.last_error if row else None,
             }
         )
-    webhooks = [
-        {"name": name, **counts.get(name, {"pending": 0, "delivered": 0, "dead": 0})}
-        for name in config.webhooks
-    ]
+    webhooks = [{"name": name, **counts[name]} for name in config.webhooks]
     if as_json:
         click.echo(orjson.dumps({"sources": sources, "webhooks": webhooks}).decode())
         return EXIT_OK

@@ -199,7 +199,7 @@ class Daemon:
         try:
             async with HttpClient(per_host=self.config.per_host) as http:
                 self.engine = Engine(self.config, store, http, out=self.out, metrics=self.metrics)
-                self.metrics.observe_queue(store.delivery_counts)
+                self.metrics.observe_queue(lambda: store.delivery_counts(self.config.webhooks))
                 self.scheduler = Scheduler(self._poll)
                 self._schedule_all()
                 self.scheduler.start()

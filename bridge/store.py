@@ -544,9 +544,9 @@ class Store:
         params.append(limit)
         return list(self.db.query(sql, params))
 
-    def delivery_counts(self) -> dict[str, dict[str, int]]:
-        """webhook -> {pending, delivered, dead} counts."""
-        counts: dict[str, dict[str, int]] = {}
+    def delivery_counts(self, webhooks: Iterable[str] = ()) -> dict[str, dict[str, int]]:
+        """webhook -> {pending, delivered, dead} counts; the named webhooks appear even at 0."""
+        counts = {w: {"pending": 0, "delivered": 0, "dead": 0} for w in webhooks}
         rows = self.conn.execute(
             "SELECT webhook, status, count(*) FROM deliveries GROUP BY webhook, status"
         )
