@@ -15,8 +15,6 @@ from bridge import registry
 from bridge.errors import ConfigError
 from bridge.source import CHANGE_KINDS, Option, Source, SourceSpec
 from bridge.units import (
-    Doc,
-    KeyPath,
     check_jmespath,
     check_templates,
     check_url,
@@ -28,6 +26,7 @@ from bridge.units import (
     parse_secret,
     parse_size,
 )
+from bridge.yamldoc import Doc, KeyPath
 
 TOP_KEYS = ("state", "retention", "grace", "http", "defaults", "webhooks", "sources")
 HTTP_KEYS = ("listen", "per_host")
