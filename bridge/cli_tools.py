@@ -54,12 +54,13 @@ def init(config_path: str) -> int:
 @handle_errors
 def listen(host: str, port: int, secrets: tuple[str, ...]) -> int:
     """A local receiver: verify signatures, print events."""
-    from bridge.listen import normalize_secret, serve
+    from bridge.listen import serve
+    from bridge.units import parse_secret
 
     keys = []
     for secret in secrets:
         try:
-            keys.append(normalize_secret(secret))
+            keys.append(parse_secret(secret.strip()))
         except ValueError as exc:
             raise ConfigError(f"--secret: {exc}") from None  # the message never quotes it
     try:

@@ -19,7 +19,6 @@ import orjson
 from aiohttp import web
 
 from bridge.deliver import sign
-from bridge.units import parse_secret
 
 # The Standard Webhooks spec's replay window: an old (or far-future) timestamp is refused even
 # with a valid signature, so a captured request cannot be played again later.
@@ -39,13 +38,6 @@ class Tally:
 
     accepted: int = 0
     rejected: int = 0
-
-
-def normalize_secret(secret: str) -> str:
-    """A validated `whsec_` secret with its base64 padding restored (people drop it)."""
-    secret = parse_secret(secret.strip())
-    encoded = secret.removeprefix("whsec_")
-    return "whsec_" + encoded + "=" * (-len(encoded) % 4)
 
 
 def new_secret() -> str:
