@@ -18,8 +18,7 @@ from bridge import __version__
 from bridge.config import WebhookSpec
 from bridge.errors import BridgeError, DeliveryError
 from bridge.http import HttpClient, parse_retry_after
-from bridge.store import Delivery, Store
-from bridge.templates import render_body
+from bridge.store import Delivery, Finished, Store
 
 log = logging.getLogger("bridge.deliver")
 
@@ -124,6 +123,9 @@ class WebhookWorker:
         self.observer = observer
         self.clock = clock
         self._inflight: dict[asyncio.Task[None], str] = {}  # task -> source
+        # Attempts done but not yet recorded: written with the next claim, in its transaction.
+        # Until then a delivery is still pending in the file, so a crash sends it again.
+        self._finished: list[Finished] = []
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -136,18 +138,38 @@ class WebhookWorker:
         """Attempts in flight."""
         return len(self._inflight)
 
+    def flush(self) -> None:
+        """Record the attempts that finished since the last claim."""
+        finished, self._finished = self._finished, []
+        try:
+            self.store.finish_attempts(finished)
+        except BaseException:
+            self._finished[:0] = finished
+            raise
+
     def _fill(self) -> int:
         free = self.spec.concurrency - len(self._inflight)
-        if free <= 0 or self._stopping:
+        if self._stopping:
+            self.flush()
+            return 0
+        # Under load, slots are refilled by halves: one claim (a transaction) starts several
+        # attempts rather than one each, and records the finished ones with it.
+        if free <= 0 or (self._inflight and free < max(1, self.spec.concurrency // 2)):
             return 0
         now = self.clock()
-        claimed = self.store.claim_due(
-            self.spec.name,
-            now,
-            free,
-            self.spec.timeout + LEASE_MARGIN,
-            set(self._inflight.values()),
-        )
+        finished, self._finished = self._finished, []
+        try:
+            claimed = self.store.claim_due(
+                self.spec.name,
+                now,
+                free,
+                self.spec.timeout + LEASE_MARGIN,
+                set(self._inflight.values()),
+                finished,
+            )
+        except BaseException:
+            self._finished[:0] = finished
+            raise
         for delivery in claimed:
             task = asyncio.create_task(self._attempt(delivery))
             self._inflight[task] = delivery.source
@@ -163,7 +185,13 @@ class WebhookWorker:
     async def _attempt(self, delivery: Delivery) -> None:
         spec = self.spec
         started = self.clock()
-        body = render_body(spec.body, delivery.body) if spec.body is not None else delivery.body
+        if spec.body is not None:
+            # Imported here: Jinja2 costs `bridge once` start-up time, and most webhooks need none.
+            from bridge.templates import render_body
+
+            body = render_body(spec.body, delivery.body)
+        else:
+            body = delivery.body
         if spec.url == "-":
             self.out.write(body.decode() + "\n")
             self.out.flush()
@@ -185,14 +213,16 @@ class WebhookWorker:
                     headers=resp.headers,
                 )
         finished = self.clock()
-        self.store.finish_attempt(
-            delivery.id,
-            status=outcome.status,
-            at=finished,
-            duration=finished - started,
-            http_status=outcome.http_status,
-            error=outcome.error,
-            next_attempt_at=outcome.next_attempt_at,
+        self._finished.append(
+            Finished(
+                delivery.id,
+                outcome.status,
+                finished,
+                finished - started,
+                outcome.http_status,
+                outcome.error,
+                outcome.next_attempt_at,
+            )
         )
         if self.observer:
             self.observer(spec.name, outcome.status)
@@ -226,8 +256,9 @@ class WebhookWorker:
         while not self._stopping:
             self._wake.clear()
             try:
-                self._fill()
-                pause = self._sleep_time()
+                started = self._fill()
+                # With attempts in flight, each one finishing wakes this loop: no need to poll.
+                pause = IDLE_RECHECK if self._inflight and not started else self._sleep_time()
             except BridgeError as exc:
                 # The state file is locked or failing: say so and try again, never stop delivering.
                 log.error("webhook %s: %s", self.spec.name, exc)
@@ -243,6 +274,7 @@ class WebhookWorker:
             self._wake.clear()
             started = self._fill()
             if not self._inflight:
+                self.flush()
                 return
             if started == 0:
                 await self._wake.wait()
@@ -261,10 +293,13 @@ class WebhookWorker:
         self._stopping = True
         self._wake.set()
         tasks = list(self._inflight)
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        try:
+            self.flush()
+        except BridgeError as exc:  # those deliveries stay pending and are sent again
+            log.error("webhook %s: %s", self.spec.name, exc)

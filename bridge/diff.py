@@ -320,7 +320,61 @@ def compare(old: Mapping[str, str], new: Mapping[str, Entry], *, complete: bool 
 
 def json_patch(before: Any, after: Any, ignore: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """RFC 6902 operations turning before into after, both without the ignored fields."""
-    patch: list[dict[str, Any]] = jsonpatch.make_patch(
-        strip_ignored(before, ignore), strip_ignored(after, ignore)
-    ).patch
+    before, after = strip_ignored(before, ignore), strip_ignored(after, ignore)
+    if type(before) is dict and type(after) is dict:
+        ops: list[dict[str, Any]] = []
+        if _replaced_scalars(before, after, "", ops):
+            return ops
+    patch: list[dict[str, Any]] = jsonpatch.make_patch(before, after).patch
     return patch
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _replaced_scalars(before: dict[str, Any], after: dict[str, Any], path: str, ops: list) -> bool:
+    # The common change (the same fields, some values changed) without jsonpatch's general
+    # machinery, which costs about as much as the rest of a changed poll. Its result exactly:
+    # replaces in `before`'s key order, nested objects walked the same way. False (and jsonpatch
+    # decides) on anything else: fields added or removed, lists or containers that differ.
+    if len(before) != len(after):
+        return False
+    for key, old in before.items():
+        if key not in after:
+            return False
+        new = after[key]
+        kind = type(old)
+        if kind is not type(new):
+            if kind not in _SCALARS or type(new) not in _SCALARS:
+                return False
+        elif kind is dict:
+            if not _replaced_scalars(old, new, f"{path}/{_escape(key)}", ops):
+                return False
+            continue
+        elif kind is list:
+            if not _same(old, new):
+                return False
+            continue
+        elif old == new and (kind is not float or repr(old) == repr(new)):  # 0.0 and -0.0
+            continue
+        ops.append({"op": "replace", "path": f"{path}/{_escape(key)}", "value": new})
+    return True
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Equal as JSON: 1, 1.0 and True differ, as do 0.0 and -0.0.
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is dict:
+        return len(a) == len(b) and all(k in b and _same(v, b[k]) for k, v in a.items())
+    if kind is list:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if kind is float:
+        return repr(a) == repr(b)
+    return bool(a == b)
+
+
+def _escape(key: str) -> str:
+    # RFC 6901: "~" first, so that the "~1" made for "/" is not escaped again.
+    return key.replace("~", "~0").replace("/", "~1") if "~" in key or "/" in key else key

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -13,8 +14,19 @@ from sources._common import AUTH_OPTION, basic_auth, check_auth, check_http_url,
 from sources._common import body_hash as hashed
 
 
+class _Request(NamedTuple):
+    method: str
+    headers: Mapping[str, str]
+    params: Mapping[str, str] | None
+    data: bytes | str | None
+    auth: tuple[str, str] | None
+    max_pages: int
+
+
 class HttpSource(Source):
     """Polls one HTTP endpoint returning JSON."""
+
+    _built: _Request | None = None
 
     kind = "http"
     options = {
@@ -54,26 +66,41 @@ class HttpSource(Source):
         """The configured `key:` expression."""
         return self.spec.options.get("key")
 
-    async def fetch(self, http: HttpClient, state: FetchState) -> Fetched:
-        """GET (or any method) the URL conditionally, following Link pages when asked."""
+    def _request(self) -> _Request:
+        # Built once per source: the options never change, and a daemon polls thousands of times.
         opts = self.spec.options
         json_body = opts.get("json")
         data = orjson.dumps(json_body) if json_body is not None else opts.get("body")
         headers = request_headers(opts)
         if json_body is not None:
             headers.setdefault("Content-Type", "application/json")
-        pages = await http.fetch_pages(
+        params = {str(k): str(v) for k, v in (opts.get("params") or {}).items()}
+        self._built = _Request(
             opts.get("method", "GET"),
+            headers,
+            params or None,
+            data,
+            basic_auth(opts),
+            opts.get("max_pages", 10) if opts.get("paginate") == "link" else 1,
+        )
+        return self._built
+
+    async def fetch(self, http: HttpClient, state: FetchState) -> Fetched:
+        """GET (or any method) the URL conditionally, following Link pages when asked."""
+        opts = self.spec.options
+        req = self._built or self._request()
+        pages = await http.fetch_pages(
+            req.method,
             state.url or opts["url"],
-            headers=headers,
-            params={str(k): str(v) for k, v in (opts.get("params") or {}).items()},
-            data=data,
-            auth=basic_auth(opts),
+            headers=req.headers,
+            params=req.params,
+            data=req.data,
+            auth=req.auth,
             etag=state.etag,
             last_modified=state.last_modified,
             timeout=self.spec.timeout,
             max_bytes=self.spec.max_bytes,
-            max_pages=opts.get("max_pages", 10) if opts.get("paginate") == "link" else 1,
+            max_pages=req.max_pages,
         )
         if pages.not_modified:
             return Fetched(unchanged=True, state=state)
