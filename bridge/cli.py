@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,30 @@ def _open_store(config: Config) -> Any:
     return Store(config.state)
 
 
+def _listing(
+    config_path: str,
+    fetch: Callable[[Any], list[dict[str, Any]]],
+    as_json: bool,
+    columns: Sequence[str],
+    for_people: Callable[[dict[str, Any]], None],
+) -> int:
+    """Rows read from the state file: JSON lines for machines, or a table for people."""
+    config = load(config_path)
+    store = _open_store(config)
+    try:
+        rows = fetch(store)
+    finally:
+        store.close()
+    if as_json:
+        for row in rows:
+            click.echo(orjson.dumps(row).decode())
+        return EXIT_OK
+    for row in rows:
+        for_people(row)
+    print_table(rows, columns)
+    return EXIT_OK
+
+
 @main.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -261,20 +285,17 @@ def status(config_path: str, as_json: bool) -> int:
 @handle_errors
 def events(config_path: str, source: str | None, limit: int, as_json: bool) -> int:
     """Recent events, newest first."""
-    config = load(config_path)
-    store = _open_store(config)
-    try:
-        found = store.events(source=source, limit=limit)
-    finally:
-        store.close()
-    if as_json:
-        for e in found:
-            click.echo(orjson.dumps(e).decode())
-        return EXIT_OK
-    for e in found:
+
+    def for_people(e: dict[str, Any]) -> None:
         e["created_at"] = when(e["created_at"])
-    print_table(found, ["id", "created_at", "source", "type", "key"])
-    return EXIT_OK
+
+    return _listing(
+        config_path,
+        lambda store: store.events(source=source, limit=limit),
+        as_json,
+        ["id", "created_at", "source", "type", "key"],
+        for_people,
+    )
 
 
 @main.command()
@@ -285,23 +306,17 @@ def events(config_path: str, source: str | None, limit: int, as_json: bool) -> i
 @handle_errors
 def deliveries(config_path: str, status_: str | None, limit: int, as_json: bool) -> int:
     """The delivery queue and history, with attempt counts and the last error."""
-    config = load(config_path)
-    store = _open_store(config)
-    try:
-        found = store.deliveries(status=status_, limit=limit)
-    finally:
-        store.close()
-    if as_json:
-        for d in found:
-            click.echo(orjson.dumps(d).decode())
-        return EXIT_OK
-    for d in found:
+
+    def for_people(d: dict[str, Any]) -> None:
         d["next_attempt_at"] = when(d["next_attempt_at"]) if d["status"] == "pending" else "-"
-    print_table(
-        found,
+
+    return _listing(
+        config_path,
+        lambda store: store.deliveries(status=status_, limit=limit),
+        as_json,
         ["id", "event_id", "webhook", "status", "attempts", "next_attempt_at", "last_error"],
+        for_people,
     )
-    return EXIT_OK
 
 
 @main.command()
