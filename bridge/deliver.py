@@ -133,11 +133,6 @@ class WebhookWorker:
         """New deliveries may be due: look now."""
         self._wake.set()
 
-    @property
-    def busy(self) -> int:
-        """Attempts in flight."""
-        return len(self._inflight)
-
     def flush(self) -> None:
         """Record the attempts that finished since the last claim."""
         finished, self._finished = self._finished, []

@@ -336,12 +336,6 @@ class Store:
         rows = self.conn.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources").fetchall()
         return {r[0]: _source_row(r) for r in rows}
 
-    def set_next_poll(self, name: str, at: float | None) -> None:
-        """Remember when the scheduler will poll a source next (for `status`)."""
-        with self.write() as conn:
-            conn.execute("INSERT OR IGNORE INTO sources (name) VALUES (?)", (name,))
-            conn.execute("UPDATE sources SET next_poll_at = ? WHERE name = ?", (at, name))
-
     def item_hashes(self, source: str) -> dict[str, str]:
         """key -> compared-content hash of every stored item of a source."""
         rows = self.conn.execute("SELECT key, hash FROM items WHERE source = ?", (source,))
@@ -400,12 +394,6 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (name, at, c.result, c.duration, c.row.last_error, len(c.events)),
             )
-
-    def forget_source(self, name: str) -> None:
-        """Drop a source's snapshot and validators (its events and deliveries stay)."""
-        with self.write() as conn:
-            conn.execute("DELETE FROM items WHERE source = ?", (name,))
-            conn.execute("DELETE FROM sources WHERE name = ?", (name,))
 
     # --- deliveries ------------------------------------------------------------------------
 
@@ -483,22 +471,6 @@ class Store:
             (webhook,),
         ).fetchone()
         return r[0]
-
-    def finish_attempt(
-        self,
-        delivery_id: int,
-        *,
-        status: str,
-        at: float,
-        duration: float,
-        http_status: int | None,
-        error: str | None,
-        next_attempt_at: float | None = None,
-    ) -> None:
-        """Record one attempt: status delivered, pending (with next_attempt_at) or dead."""
-        self.finish_attempts(
-            [Finished(delivery_id, status, at, duration, http_status, error, next_attempt_at)]
-        )
 
     def finish_attempts(self, finished: Sequence[Finished]) -> None:
         """Record several attempts in one transaction."""
