@@ -134,7 +134,7 @@ async def _once(config: Config, names: list[str], *, quiet: bool = False) -> int
     counts: dict[str, int] = {}
     for r in results:
         counts[r.result] = counts.get(r.result, 0) + 1
-    events = sum(len(r.events) for r in results)
+    events = sum(len(r.bodies) for r in results)
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     if failed or not quiet:
         click.echo(f"bridge: polled {len(results)} sources ({summary}); {events} events", err=True)
@@ -175,7 +175,7 @@ async def _poll(config: Config, name: str, dry_run: bool) -> int:
     finally:
         store.close()
     click.echo(
-        f"bridge: {name}: {result.result}, {len(result.events)} events"
+        f"bridge: {name}: {result.result}, {len(result.bodies)} events"
         + (f": {result.error}" if result.error else "")
         + (" (dry run: nothing stored or sent)" if dry_run else ""),
         err=True,

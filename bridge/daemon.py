@@ -76,11 +76,11 @@ class Daemon:
 
     # --- health --------------------------------------------------------------------------------
 
-    def healthy(self) -> bool:
-        """The scheduler runs and the state file takes a write."""
+    async def healthy(self) -> bool:
+        """The scheduler runs and the state file takes a write (probed off the event loop)."""
         if self.scheduler is None or not self.scheduler.running or self.engine is None:
             return False
-        return self.engine.store.writable()
+        return await asyncio.to_thread(self.engine.store.writable)
 
     # --- polling -------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
+import functools
 import hmac
 import logging
 import random
@@ -30,6 +30,7 @@ LEASE_MARGIN = 5.0
 IDLE_RECHECK = 2.0
 
 
+@functools.lru_cache(maxsize=256)  # decoded once, not on every attempt
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a `whsec_<base64>` secret (padding optional, as people copy them)."""
     encoded = secret.removeprefix("whsec_")
@@ -40,7 +41,7 @@ def sign(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> st
     """The `webhook-signature` header value: `v1,<base64>` per secret, space-separated."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return " ".join(
-        "v1," + base64.b64encode(hmac.new(secret_key(s), signed, hashlib.sha256).digest()).decode()
+        "v1," + base64.b64encode(hmac.digest(secret_key(s), signed, "sha256")).decode()
         for s in secrets
     )
 

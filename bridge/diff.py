@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jmespath
 import jmespath.exceptions
@@ -198,9 +198,11 @@ def strip_ignored(obj: Any, ignore: tuple[str, ...]) -> Any:
     return _strip(obj, _ignore_tree(ignore))
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One item of a snapshot: its key, the hash of its compared content, the item as received."""
+
+    # A tuple rather than a frozen dataclass: made once per item of every changed poll, and a
+    # tuple is built in half the time.
 
     key: str
     hash: str

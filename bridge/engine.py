@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
@@ -19,10 +19,12 @@ from bridge.config import Config, WebhookSpec
 from bridge.deliver import WebhookWorker
 from bridge.errors import SourceError
 from bridge.http import HttpClient
-from bridge.metrics import Metrics
 from bridge.registry import load
 from bridge.source import Fetched, Source
 from bridge.store import NewEvent, PollCommit, SourceRow, Store
+
+if TYPE_CHECKING:  # prometheus_client is imported only by the daemon, which serves /metrics
+    from bridge.metrics import Metrics
 
 log = logging.getLogger("bridge.engine")
 
@@ -45,8 +47,13 @@ class PollResult:
     source: str
     result: str
     duration: float
-    events: list[dict[str, Any]] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
     error: str | None = None
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The events as receivers get them; parsed on demand, since `once` only counts them."""
+        return [orjson.loads(body) for body in self.bodies]
 
 
 def iso(ts: float) -> str:
@@ -84,7 +91,7 @@ class Engine:
         self.store = store
         self.http = http
         self.out = out
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics  # None: nothing is counted (`once` and `poll` serve no /metrics)
         self.clock = clock
         self.sources = make_sources(config)
         self.workers = self._make_workers(config)
@@ -95,7 +102,9 @@ class Engine:
         self._rows: dict[str, SourceRow] | None = None
         self._rows_version = -1
         self._rows_checked = -ROWS_RECHECK
+        # Metric children by labels: labels() costs more than the increment it leads to.
         self._counters: dict[tuple[str, str], Any] = {}
+        self._event_counters: dict[tuple[str, str], Any] = {}
 
     def _make_workers(self, config: Config) -> dict[str, WebhookWorker]:
         return {name: self.make_worker(spec) for name, spec in config.webhooks.items()}
@@ -107,7 +116,7 @@ class Engine:
             self.store,
             self.http,
             out=self.out,
-            observer=self.metrics.delivery_result,
+            observer=self.metrics.delivery_result if self.metrics is not None else None,
             clock=self.clock,
         )
 
@@ -150,18 +159,15 @@ class Engine:
             log.debug("source %s raised", name, exc_info=True)
             commit = self._failed(source, row, f"internal error: {exc!r}", started)
         commit.duration = self.clock() - started
-        result = PollResult(
+        if not dry_run:
+            self._record(commit)
+        return PollResult(
             name,
             commit.result,
             commit.duration,
-            [orjson.loads(ev.body) for ev in commit.events] if dry_run else [],
+            [ev.body for ev in commit.events],
             commit.row.last_error if commit.result == "error" else None,
         )
-        if dry_run:
-            return result
-        self._record(commit)
-        result.events = [orjson.loads(ev.body) for ev in commit.events]
-        return result
 
     def _record(self, commit: PollCommit) -> None:
         name = commit.row.name
@@ -189,21 +195,28 @@ class Engine:
     def _observe(self, commit: PollCommit) -> None:
         # Counted and logged once stored: a poll whose commit failed did not happen.
         name = commit.row.name
-        counter = self._counters.get((name, commit.result))
-        if counter is None:
-            counter = self._counters[name, commit.result] = self.metrics.polls.labels(
-                name, commit.result
-            )
-        counter.inc()
-        self.metrics.poll_duration.observe(commit.duration)
-        for ev in commit.events:
-            self.metrics.events.labels(name, ev.type).inc()
+        if self.metrics is not None:
+            self._count(self.metrics, name, commit)
         if commit.result == "error":
             log.warning("poll %s failed: %s", name, commit.row.last_error)
         elif commit.events:
             log.info("poll %s: %s, %d events", name, commit.result, len(commit.events))
         else:
             log.debug("poll %s: %s", name, commit.result)
+
+    def _count(self, metrics: Metrics, name: str, commit: PollCommit) -> None:
+        counter = self._counters.get((name, commit.result))
+        if counter is None:
+            counter = metrics.polls.labels(name, commit.result)
+            self._counters[name, commit.result] = counter
+        counter.inc()
+        metrics.poll_duration.observe(commit.duration)
+        for ev in commit.events:
+            events = self._event_counters.get((name, ev.type))
+            if events is None:
+                events = metrics.events.labels(name, ev.type)
+                self._event_counters[name, ev.type] = events
+            events.inc()
 
     def flush(self) -> None:
         """Write buffered polls: no-change ones, and the changed ones `poll_many` holds."""
@@ -269,13 +282,20 @@ class Engine:
 
     def _assess(self, source: Source, row: SourceRow, fetched: Fetched, now: float) -> PollCommit:
         if fetched.unchanged:
+            healthy = not row.failures and not row.alerted and row.last_error is None
+            same_state = fetched.state is row.fetch_state or fetched.state == row.fetch_state
             events = self._recovered(source, row, now)
             row.fetch_state = fetched.state
             row.last_poll_at = now
             row.last_result = "unchanged"
             # History keeps the polls that changed something or failed.
             return PollCommit(
-                row=row, result="unchanged", duration=0.0, events=events, history=bool(events)
+                row=row,
+                result="unchanged",
+                duration=0.0,
+                events=events,
+                history=bool(events),
+                touch_only=healthy and same_state and row.baselined and not events,
             )
         selected = diff.select(fetched.pages, source.items_expr)
         if source.items_expr is None:

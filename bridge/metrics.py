@@ -31,6 +31,7 @@ class Metrics:
             ["webhook", "result"],
             registry=self.registry,
         )
+        self._delivery_counters: dict[tuple[str, str], Counter] = {}
 
     def observe_queue(self, counts: Callable[[], dict[str, dict[str, int]]]) -> None:
         """Expose bridge_delivery_queue{webhook,status}, read from the state file at scrape time."""
@@ -38,7 +39,12 @@ class Metrics:
 
     def delivery_result(self, webhook: str, result: str) -> None:
         """Count one attempt's outcome."""
-        self.deliveries.labels(webhook, result).inc()
+        counter = self._delivery_counters.get((webhook, result))
+        if counter is None:  # labels() costs more than the increment: children are kept
+            counter = self._delivery_counters[webhook, result] = self.deliveries.labels(
+                webhook, result
+            )
+        counter.inc()
 
 
 class _QueueCollector(Collector):

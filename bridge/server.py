@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -10,11 +10,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge.metrics import Metrics
 
 
-def status_app(*, healthy: Callable[[], bool], metrics: Metrics) -> web.Application:
+def status_app(*, healthy: Callable[[], Awaitable[bool]], metrics: Metrics) -> web.Application:
     """An app answering /healthz (200 or 503) and /metrics (Prometheus text format)."""
 
     async def healthz(request: web.Request) -> web.Response:
-        ok = healthy()
+        ok = await healthy()
         return web.Response(status=200 if ok else 503, text="ok\n" if ok else "unhealthy\n")
 
     async def metrics_page(request: web.Request) -> web.Response:
@@ -28,7 +28,7 @@ def status_app(*, healthy: Callable[[], bool], metrics: Metrics) -> web.Applicat
 
 
 async def start_status_server(
-    host: str, port: int, *, healthy: Callable[[], bool], metrics: Metrics
+    host: str, port: int, *, healthy: Callable[[], Awaitable[bool]], metrics: Metrics
 ) -> web.AppRunner:
     """Serve the status app on host:port; the caller cleans the runner up."""
     runner = web.AppRunner(status_app(healthy=healthy, metrics=metrics), access_log=None)

@@ -20,6 +20,7 @@ MAX_NODES = 200_000  # aliases can expand a small file exponentially ("billion l
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 _FAST_LOADER = getattr(yaml, "CSafeLoader", None)
@@ -115,6 +116,8 @@ class Doc:
         self.value_lines.setdefault(path, node.start_mark.line + 1)
         if self._budget < 0:
             raise self.error(path, "the document is too large (aliases expand too far)")
+        if type(node) is yaml.ScalarNode:  # most nodes; a scalar never contains itself
+            return self._scalar(node, path)
         if id(node) in active:
             raise self.error(path, "an alias refers to itself")
         active = active | {id(node)}
@@ -130,6 +133,12 @@ class Doc:
             if node.tag != _SEQ_TAG:
                 raise self.error(path, f"unsupported YAML tag {node.tag}")
             return [self._build(item, (*path, i), active) for i, item in enumerate(node.value)]
+        return self._scalar(node, path)
+
+    def _scalar(self, node: yaml.Node, path: KeyPath) -> Any:
+        if node.tag == _STR_TAG:
+            value = node.value  # what the constructor would return, without its bookkeeping
+            return self._interpolate(value, path) if "\ue000" in value else value
         try:
             value = self._loader.construct_object(node)
         except yaml.MarkedYAMLError as exc:

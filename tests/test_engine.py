@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import jsonpatch
 import pytest
 
@@ -140,6 +142,33 @@ async def test_conditional_request_and_304(origin: Origin, write_config) -> None
     assert "If-None-Match" not in first
     assert second["If-None-Match"] == row.fetch_state.etag
     assert row.last_result == "unchanged"
+
+
+async def test_unchanged_polls_write_their_times_and_a_lost_row_comes_back_whole(
+    origin: Origin, write_config, monkeypatch
+) -> None:
+    monkeypatch.setattr("bridge.engine.ROWS_RECHECK", 3600.0)  # the engine keeps its cached row
+    origin.set("/c", items((1, "ok")))
+    path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        engine.flush()
+        first = engine.store.source_row("api")
+        await engine.poll("api", next_poll_at=first.last_poll_at + 60)  # a 304: times only
+        engine.flush()
+        touched = engine.store.source_row("api")
+        # another process removed the row (as a state file restored from a backup might)
+        other = sqlite3.connect(path.parent / "state.db", isolation_level=None)
+        other.execute("DELETE FROM sources WHERE name = 'api'")
+        other.close()
+        await engine.poll("api")
+        engine.flush()
+        rewritten = engine.store.source_row("api")
+    assert touched.last_poll_at > first.last_poll_at
+    assert touched.next_poll_at == first.last_poll_at + 60
+    assert touched.fetch_state == first.fetch_state and touched.baselined
+    assert rewritten.baselined and rewritten.fetch_state.etag == first.fetch_state.etag
+    assert rewritten.last_result == "unchanged"
 
 
 async def test_last_modified_is_stored_and_sent(origin: Origin, write_config) -> None:

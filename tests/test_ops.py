@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -147,13 +148,21 @@ def test_healthz_is_503_while_the_state_file_cannot_be_written(write_config, ori
         try:
             holder.execute("BEGIN EXCLUSIVE")
             started = time.monotonic()
-            status, text = get(health)
+            with ThreadPoolExecutor(1) as pool:
+                probe = pool.submit(get, health)
+                time.sleep(0.2)
+                # The probe waits in a thread: the daemon's event loop still answers meanwhile.
+                metrics_at = time.monotonic()
+                assert get(f"http://127.0.0.1:{port}/metrics")[0] == 200
+                metrics_took = time.monotonic() - metrics_at
+                status, text = probe.result()
             took = time.monotonic() - started
         finally:
             holder.execute("ROLLBACK")
             holder.close()
         assert (status, text) == (503, "unhealthy\n")
         assert 0.8 < took < 3.0  # the check gives up after about a second
+        assert metrics_took < 0.5
         assert get(health) == (200, "ok\n")
     finally:
         err = stop_daemon(proc)
