@@ -77,7 +77,9 @@ def main() -> int:
             return 0
         run = [sys.executable, *BRIDGE, "run", "-c", str(cfg)]
         proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(min(20.0, args.every))  # past start-up: the steady state only
+        # Past start-up and every source's first poll (which builds its request, metric children
+        # and parsed URL once): the steady state only.
+        time.sleep(args.every + 20.0)
         dest = out / "steady.raw"
         spy = ["py-spy", "record", "-p", str(proc.pid), "-d", f"{args.duration:.0f}", "-r", "200"]
         subprocess.run([*spy, "-f", "raw", "-o", str(dest)], check=True)
