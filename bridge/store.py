@@ -385,40 +385,61 @@ class Store:
                     whole += touched
             if whole:
                 conn.executemany(_UPSERT_SOURCE, [_row_values(r) for r in whole])
-            for c in commits:
-                if c.upserts or c.deletes or c.events or c.history:
-                    self._write_poll(conn, c)
+            written = [c for c in commits if c.upserts or c.deletes or c.events or c.history]
+            if written:
+                self._write_polls(conn, written)
 
-    def _write_poll(self, conn: sqlite3.Connection, c: PollCommit) -> None:
-        name = c.row.name
-        if c.upserts:
+    def _write_polls(self, conn: sqlite3.Connection, commits: list[PollCommit]) -> None:
+        # One statement of each kind for the whole batch (`once` writes up to 500 polls at a
+        # time): a statement per poll cost more than the rows it wrote. Row order is kept, so
+        # deliveries still take ids in the order of their events.
+        upserts = [(c.row.name, *upsert) for c in commits for upsert in c.upserts]
+        if upserts:
             conn.executemany(
                 "INSERT INTO items (source, key, hash, content) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (source, key) DO UPDATE SET hash = excluded.hash, "
                 "content = excluded.content",
-                [(name, k, h, body) for k, h, body in c.upserts],
+                upserts,
             )
-        if c.deletes:
+        deletes = [(c.row.name, key) for c in commits for key in c.deletes]
+        if deletes:
+            conn.executemany("DELETE FROM items WHERE source = ? AND key = ?", deletes)
+        events = [ev for c in commits for ev in c.events]
+        if events:
             conn.executemany(
-                "DELETE FROM items WHERE source = ? AND key = ?", [(name, k) for k in c.deletes]
-            )
-        at = c.row.last_poll_at or 0.0
-        for ev in c.events:
-            cur = conn.execute(
                 "INSERT INTO events (id, source, type, key, created_at, body) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (ev.id, ev.source, ev.type, ev.key, ev.created_at, ev.body),
+                [(ev.id, ev.source, ev.type, ev.key, ev.created_at, ev.body) for ev in events],
             )
             conn.executemany(
                 "INSERT INTO deliveries (event_seq, webhook, source, status, next_attempt_at, "
-                "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-                [(cur.lastrowid, w, ev.source, at, at, at) for w in ev.webhooks],
+                "created_at, updated_at) "
+                "SELECT seq, ?, source, 'pending', ?, ?, ? FROM events WHERE id = ?",
+                [
+                    (webhook, at, at, at, ev.id)
+                    for c in commits
+                    for at in (c.row.last_poll_at or 0.0,)
+                    for ev in c.events
+                    for webhook in ev.webhooks
+                ],
             )
-        if c.history:
-            conn.execute(
+        history = [
+            (
+                c.row.name,
+                c.row.last_poll_at or 0.0,
+                c.result,
+                c.duration,
+                c.row.last_error,
+                len(c.events),
+            )
+            for c in commits
+            if c.history
+        ]
+        if history:
+            conn.executemany(
                 "INSERT INTO polls (source, at, result, duration, error, events) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (name, at, c.result, c.duration, c.row.last_error, len(c.events)),
+                history,
             )
 
     # --- deliveries ------------------------------------------------------------------------
