@@ -102,9 +102,6 @@ class Engine:
         self._rows: dict[str, SourceRow] | None = None
         self._rows_version = -1
         self._rows_checked = -ROWS_RECHECK
-        # Metric children by labels: labels() costs more than the increment it leads to.
-        self._counters: dict[tuple[str, str], Any] = {}
-        self._event_counters: dict[tuple[str, str], Any] = {}
 
     def _make_workers(self, config: Config) -> dict[str, WebhookWorker]:
         return {name: self.make_worker(spec) for name, spec in config.webhooks.items()}
@@ -196,27 +193,13 @@ class Engine:
         # Counted and logged once stored: a poll whose commit failed did not happen.
         name = commit.row.name
         if self.metrics is not None:
-            self._count(self.metrics, name, commit)
+            self.metrics.poll(name, commit.result, commit.duration, (e.type for e in commit.events))
         if commit.result == "error":
             log.warning("poll %s failed: %s", name, commit.row.last_error)
         elif commit.events:
             log.info("poll %s: %s, %d events", name, commit.result, len(commit.events))
         else:
             log.debug("poll %s: %s", name, commit.result)
-
-    def _count(self, metrics: Metrics, name: str, commit: PollCommit) -> None:
-        counter = self._counters.get((name, commit.result))
-        if counter is None:
-            counter = metrics.polls.labels(name, commit.result)
-            self._counters[name, commit.result] = counter
-        counter.inc()
-        metrics.poll_duration.observe(commit.duration)
-        for ev in commit.events:
-            events = self._event_counters.get((name, ev.type))
-            if events is None:
-                events = metrics.events.labels(name, ev.type)
-                self._event_counters[name, ev.type] = events
-            events.inc()
 
     def flush(self) -> None:
         """Write buffered polls: no-change ones, and the changed ones `poll_many` holds."""
