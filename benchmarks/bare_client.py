@@ -1,16 +1,18 @@
 """The floor: a bare aiohttp loop doing the same conditional GETs as `bridge`, nothing else.
 
-usage: bare_client.py URLS_FILE ETAGS_FILE CONCURRENCY [EVERY DURATION]
+usage: bare_client.py URLS_FILE ETAGS_FILE CONCURRENCY [EVERY DURATION [SETTLE]]
 
 Reads one URL a line, sends If-None-Match with the ETag remembered from the last run, reads
 each body, and writes the ETags back only when one changed. With EVERY and DURATION it polls
 each URL every EVERY seconds (spread evenly) for DURATION seconds, as `bridge run` would, and
-prints its requests and CPU seconds after the same settling time run.py gives `bridge run`.
+prints its requests and CPU seconds counted after SETTLE seconds (by default as run.py once
+settled `bridge run`), with its peak RSS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import sys
 import time
 from pathlib import Path
@@ -41,7 +43,12 @@ async def main(urls: list[str], etags: dict[str, str], concurrency: int) -> dict
 
 
 async def steady(
-    urls: list[str], etags: dict[str, str], concurrency: int, every: float, duration: float
+    urls: list[str],
+    etags: dict[str, str],
+    concurrency: int,
+    every: float,
+    duration: float,
+    settle: float | None = None,
 ) -> tuple[int, float, float]:
     """Poll every URL each `every` seconds for `duration`: (requests, CPU s, seconds), counted
     after a settling time, as run.py counts `bridge run`."""
@@ -49,8 +56,8 @@ async def steady(
     timeout = aiohttp.ClientTimeout(total=10)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    # As run.py measures `bridge run`: after one whole round when the run is long enough.
-    settle = every if duration - every >= 1.5 * every else min(10.0, duration / 4)
+    if settle is None:
+        settle = min(10.0, duration / 4)
     count = 0
     tasks: set[asyncio.Task[None]] = set()
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -83,8 +90,11 @@ if __name__ == "__main__":
         url_list = Path(sys.argv[1]).read_text().split()
         known = orjson.loads(Path(sys.argv[2]).read_bytes())
         every, duration = float(sys.argv[4]), float(sys.argv[5])
-        got = asyncio.run(steady(url_list, known, int(sys.argv[3]), every, duration))
-        print(orjson.dumps({"requests": got[0], "cpu": got[1], "window": got[2]}).decode())
+        settle = float(sys.argv[6]) if len(sys.argv) > 6 else None
+        got = asyncio.run(steady(url_list, known, int(sys.argv[3]), every, duration, settle))
+        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = {"requests": got[0], "cpu": got[1], "window": got[2], "hwm_mb": hwm}
+        print(orjson.dumps(result).decode())
         sys.exit(0)
     urls_file, etags_file, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     url_list = urls_file.read_text().split()

@@ -95,6 +95,12 @@ http {{
         # The polled documents: nginx sends an ETag and answers If-None-Match with 304.
         # `before`: a client's If-Modified-Since of its last check (urlwatch) counts too.
         location /docs/ {{ access_log {work}/docs.log counted; if_modified_since before; }}
+        # The same documents for the bare loop, logged apart: it runs beside `bridge run`.
+        location /bare/ {{
+            alias {work}/www/docs/;
+            access_log {work}/bare.log counted;
+            if_modified_since before;
+        }}
         # The large document without validators: every poll is a 200 with the same bytes.
         location /large/ {{ etag off; if_modified_since off; }}
         # The webhook sink.

@@ -128,12 +128,15 @@ def report(facts: dict[str, str], cmd: str, res: dict[str, Any]) -> str:
         if s.get("bare"):
             bare = s["bare"]
             share = bare["cpu"] / bare["window"]
+            per_poll = steady["cpu"] / max(1, steady["polls"])
             lines += [
-                "Side by side, the bare aiohttp loop polling the same URLs at the same rate (the"
-                f" floor: no scheduler, diff or state): {share * 100:.1f}% of a core,"
+                "In the same minutes, beside it, the bare aiohttp loop polling the same documents"
+                " at the same rate (the floor: no scheduler, diff or state), over its own"
+                f" {bare['window']:.0f} s window after one interval: {share * 100:.1f}% of a core,"
                 f" {bare['cpu'] / max(1, bare['requests']) * 1e6:.0f} us per request,"
-                f" {bare['requests']} requests, peak RSS {bare['hwm_mb']:.0f} MB; bridge / bare"
-                f" CPU: {steady['share'] / share:.2f}.",
+                f" {bare['requests']} requests, peak RSS {bare['hwm_mb']:.0f} MB. bridge / bare"
+                f" CPU share: {steady['share'] / share:.2f}; per poll:"
+                f" {per_poll / (bare['cpu'] / max(1, bare['requests'])):.2f}.",
                 "",
             ]
     if "p4" in res:
