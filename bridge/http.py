@@ -273,9 +273,10 @@ class HttpClient:
         budget = max_bytes - len(first.body)
         page = first
         plain = _with_auth(headers, auth)
+        origin = urlsplit(url)[:2] if "next" in first.links else None  # split once, if paging
         while (next_url := page.links.get("next")) is not None and len(bodies) < max_pages:
             # Credentials go only where the caller sent them, as aiohttp does on redirects.
-            sent = plain if urlsplit(next_url)[:2] == urlsplit(url)[:2] else None
+            sent = plain if urlsplit(next_url)[:2] == origin else None
             page = await self._send(
                 "GET", next_url, sent, None, None, timeout, budget, max_bytes, follow_redirects
             )
