@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -138,21 +139,28 @@ def parse_secret(value: Any) -> str:
 
 def check_jmespath(expr: str) -> None:
     """Compile a JMESPath expression; ValueError with a one-line reason if it is invalid."""
+    problem = _jmespath_problem(expr)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+# Large configs repeat one expression (`items: items`) in every source: checked once each.
+@functools.lru_cache(maxsize=1024)
+def _jmespath_problem(expr: str) -> str | None:
     import jmespath
     from jmespath import exceptions
 
     try:
         jmespath.compile(expr)
     except exceptions.IncompleteExpressionError:
-        raise ValueError("invalid JMESPath: the expression is incomplete") from None
+        return "invalid JMESPath: the expression is incomplete"
     except exceptions.LexerError as exc:
-        reason = f"{exc.message} at column {exc.lexer_position}"
-        raise ValueError(f"invalid JMESPath: {reason}") from None
+        return f"invalid JMESPath: {exc.message} at column {exc.lexer_position}"
     except exceptions.ParseError as exc:
-        reason = f"{exc.msg} at column {exc.lex_position}"
-        raise ValueError(f"invalid JMESPath: {reason}") from None
+        return f"invalid JMESPath: {exc.msg} at column {exc.lex_position}"
     except exceptions.JMESPathError as exc:
-        raise ValueError(f"invalid JMESPath: {str(exc).splitlines()[0]}") from None
+        return f"invalid JMESPath: {str(exc).splitlines()[0]}"
+    return None
 
 
 def check_templates(value: Any, path: tuple[str | int, ...] = ()) -> None:

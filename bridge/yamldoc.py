@@ -69,6 +69,8 @@ class Doc:
 
     def line(self, path: KeyPath, *, at_key: bool = False) -> int | None:
         """The line of the key (or value) at `path`, else of the nearest enclosing one."""
+        if not at_key and path in self.value_lines:  # every source's line is asked for
+            return self.value_lines[path]
         tables = (self.key_lines, self.value_lines) if at_key else (self.value_lines,)
         for end in range(len(path), -1, -1):
             for table in tables:

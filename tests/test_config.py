@@ -538,6 +538,68 @@ def test_bad_jmespath(tmp_path: Path) -> None:
     )
 
 
+def test_a_bad_jmespath_fails_every_source_that_repeats_it(tmp_path: Path) -> None:
+    # the check's verdict is cached by expression: a second source must still be refused
+    good = "  - name: a\n    kind: http\n    url: https://x.example\n    items: items\n"
+    bad = "  - name: {}\n    kind: http\n    url: https://x.example\n    items: 'a['\n"
+    assert error(tmp_path, "sources:\n" + good + bad.format("b")).startswith(
+        "9: sources[1].items: invalid JMESPath"
+    )
+    assert error(tmp_path, "sources:\n" + bad.format("c")).startswith(
+        "5: sources[0].items: invalid JMESPath"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/docs/1.json",
+        "https://api.example.com",
+        "https://api.example.com?x=1",
+        "HTTPS://API.EXAMPLE.COM/x",
+        "https://user:pw@example.com/x",
+        "https://[::1]:8080/x",
+        "http://:8080/x",
+        "http:///x",
+        "https://",
+        "ftp://example.com/x",
+        "https:example.com",
+        "https://exa mple.com/x",
+        "//example.com/x",
+        "https://example.com:/x",
+        "https://example.com#frag",
+    ],
+)
+def test_url_check_agrees_with_urlsplit(url: str) -> None:
+    # plain URLs skip urlsplit when the config is loaded: the verdict must be the same
+    from urllib.parse import urlsplit
+
+    from sources._common import check_http_url
+
+    parts = urlsplit(url)
+    usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    assert (check_http_url(url) is None) is usable
+
+
+def test_loading_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
+    import gc
+
+    path = write(tmp_path, "sources:\n  - name: a\n    kind: http\n    url: https://x.example\n")
+    bad = write(tmp_path, "sources: [\n", name="bad.yaml")
+    assert gc.isenabled()
+    load_config(path, env={})
+    assert gc.isenabled()
+    with pytest.raises(ConfigError):
+        load_config(bad, env={})
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_config(path, env={})
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_plugin_check_problems_are_located(tmp_path: Path) -> None:
     text = """
         sources:
