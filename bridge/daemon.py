@@ -21,7 +21,10 @@ from bridge.store import Store
 
 log = logging.getLogger("bridge.daemon")
 
-FLUSH_INTERVAL = 1.0  # seconds between writes of buffered unchanged polls
+# Seconds between writes of buffered unchanged polls. Each write touches the pages of every row it
+# updates: at 10,000 sources every 60 s, a write a second cost 11-14 us of CPU per poll, one
+# every 10 s 5.5-6.6 us. A crash loses at most these timestamps, which only bring a poll forward.
+FLUSH_INTERVAL = 10.0
 TRIM_INTERVAL = 3600.0  # seconds between retention passes
 FIRST_TRIM = 5.0  # the first pass comes soon after start, once the first polls are under way
 
@@ -97,6 +100,12 @@ class Daemon:
             log.error("poll %s could not be recorded: %s", name, exc)
         finally:
             self._polls.discard(task)
+
+    def _lane(self, name: str) -> str | None:
+        # Polls of one host queue for as many runners as the HTTP client lets at it at once.
+        assert self.engine is not None
+        source = self.engine.sources.get(name)
+        return source.host if source is not None else None
 
     def _schedule_all(self, names: set[str] | None = None) -> None:
         assert self.engine is not None and self.scheduler is not None
@@ -200,7 +209,9 @@ class Daemon:
             async with HttpClient(per_host=self.config.per_host) as http:
                 self.engine = Engine(self.config, store, http, out=self.out, metrics=self.metrics)
                 self.metrics.observe_queue(lambda: store.delivery_counts(self.config.webhooks))
-                self.scheduler = Scheduler(self._poll)
+                self.scheduler = Scheduler(
+                    self._poll, lane=self._lane, lane_width=self.config.per_host
+                )
                 self._schedule_all()
                 self.scheduler.start()
                 for name, worker in self.engine.workers.items():

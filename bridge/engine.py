@@ -33,7 +33,7 @@ log = logging.getLogger("bridge.engine")
 # but one unconditional fetch. In `poll_many` changed polls are batched too: each keeps its
 # snapshot, events and deliveries in one transaction, and one lost to a crash is detected again,
 # since its snapshot was not written either.
-FLUSH_EVERY = 500
+FLUSH_EVERY = 2000  # the daemon's FLUSH_INTERVAL of polls at 200 a second
 # How often cached source rows are checked against other processes' writes (`bridge once` beside
 # the daemon). A row stale for that long costs at most one unconditional fetch: snapshots are
 # always read from the file.
