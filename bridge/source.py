@@ -92,6 +92,14 @@ class Source(ABC):
         return self.spec.name
 
     @property
+    def host(self) -> str | None:
+        """The host (`host:port`, as in its URL) this source polls, or None if not one host.
+
+        The daemon runs the polls of one host from a queue, as many at once as `http.per_host`.
+        """
+        return None
+
+    @property
     def items_expr(self) -> str | None:
         """JMESPath selecting the list of items in each page; None: the whole document is one."""
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import time
 from dataclasses import replace
@@ -20,6 +21,7 @@ from sources._common import (
     check_auth,
     check_http_url,
     request_headers,
+    url_host,
 )
 
 # The entry fields an item holds; `id` is the entry's id/guid.
@@ -51,6 +53,11 @@ class FeedSource(Source):
         if (problem := check_http_url(options.get("url"))) is not None:
             problems.append(("url", problem))
         return problems
+
+    @functools.cached_property
+    def host(self) -> str | None:
+        """The host polled (the configured URL's; a redirect is not followed here)."""
+        return url_host(self.spec.options["url"])
 
     @property
     def items_expr(self) -> str | None:

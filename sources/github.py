@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -17,7 +18,7 @@ import orjson
 from bridge.errors import SourceError
 from bridge.http import HttpClient, Response, parse_retry_after
 from bridge.source import CHANGE_KINDS, Fetched, FetchState, Option, Source
-from sources._common import body_hash, check_http_url
+from sources._common import body_hash, check_http_url, url_host
 
 log = logging.getLogger("bridge.sources.github")
 
@@ -171,6 +172,11 @@ class GitHubSource(Source):
     def watch(self) -> Watch:
         """What this source polls."""
         return WATCHES[self.spec.options.get("watch") or "releases"]
+
+    @functools.cached_property
+    def host(self) -> str | None:
+        """The host polled (the configured URL's; a redirect is not followed here)."""
+        return url_host(self._api)
 
     @property
     def items_expr(self) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -10,7 +11,14 @@ import orjson
 from bridge.errors import SourceError
 from bridge.http import HttpClient
 from bridge.source import Fetched, FetchState, Option, Source
-from sources._common import AUTH_OPTION, basic_auth, check_auth, check_http_url, request_headers
+from sources._common import (
+    AUTH_OPTION,
+    basic_auth,
+    check_auth,
+    check_http_url,
+    request_headers,
+    url_host,
+)
 from sources._common import body_hash as hashed
 
 
@@ -55,6 +63,11 @@ class HttpSource(Source):
         if options.get("max_pages", 10) < 1:
             problems.append(("max_pages", "must be at least 1"))
         return problems
+
+    @functools.cached_property
+    def host(self) -> str | None:
+        """The host polled (the configured URL's; a redirect is not followed here)."""
+        return url_host(self.spec.options["url"])
 
     @property
     def items_expr(self) -> str | None:

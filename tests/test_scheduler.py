@@ -52,3 +52,104 @@ async def test_interval_jobs_fire_and_cron_uses_crontab_weekdays() -> None:
         assert scheduler.names() == {"monday"}
     finally:
         scheduler.shutdown()
+
+
+async def test_lanes_bound_each_hosts_polls_and_run_every_one() -> None:
+    running: dict[str | None, int] = {}
+    most: dict[str | None, int] = {}
+    polled: list[str] = []
+    lanes = {**{f"a{i}": "a" for i in range(30)}, **{f"b{i}": "b" for i in range(5)}}
+
+    async def poll(name: str) -> None:
+        lane = lanes.get(name)
+        running[lane] = running.get(lane, 0) + 1
+        most[lane] = max(most.get(lane, 0), running[lane])
+        await asyncio.sleep(0.02)
+        running[lane] -= 1
+        polled.append(name)
+
+    scheduler = Scheduler(poll, lane=lanes.get, lane_width=3, rng=random.Random(2))
+    names = [*lanes, "solo0", "solo1", "solo2"]  # no lane: a task each
+    scheduler.start()
+    try:
+        for name in names:
+            scheduler.schedule(spec(name, every=60.0, jitter=0.0), None)
+        for _ in range(200):
+            if len(polled) == len(names):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        scheduler.shutdown()
+    assert sorted(polled) == sorted(names)  # each once
+    assert most["a"] == 3 and most["b"] <= 3  # lane a had more due at once than runners
+    assert scheduler.queued == 0 and not scheduler._busy and not scheduler._runners
+
+
+async def test_shutdown_drops_polls_still_queued_in_a_lane() -> None:
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def poll(name: str) -> None:
+        started.append(name)
+        await release.wait()
+
+    scheduler = Scheduler(poll, lane=lambda name: "host", lane_width=1, rng=random.Random(3))
+    scheduler.start()
+    for i in range(5):
+        scheduler.schedule(spec(f"s{i}", every=60.0, jitter=0.0), None)
+    for _ in range(100):
+        if started and scheduler.queued == 4:
+            break
+        await asyncio.sleep(0.05)
+    assert len(started) == 1 and scheduler.queued == 4
+    scheduler.shutdown()
+    assert scheduler.queued == 0
+    release.set()
+    await asyncio.sleep(0.05)
+    assert len(started) == 1  # the four that waited never started
+    assert not scheduler._busy and not scheduler._queues
+
+
+async def test_a_poll_that_raises_does_not_stop_its_lane(caplog) -> None:
+    polled: list[str] = []
+
+    async def poll(name: str) -> None:
+        polled.append(name)
+        if name == "bad":
+            raise RuntimeError("plugin bug")
+
+    scheduler = Scheduler(poll, lane=lambda name: "host", lane_width=1, rng=random.Random(4))
+    scheduler.start()
+    try:
+        scheduler.schedule(spec("bad", every=60.0, jitter=0.0), None)
+        scheduler.schedule(spec("good", every=60.0, jitter=0.0), None)
+        for _ in range(100):
+            if len(polled) == 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        scheduler.shutdown()
+    assert sorted(polled) == ["bad", "good"]
+    assert "poll of bad raised" in caplog.text and "plugin bug" in caplog.text
+
+
+def test_each_bundled_kind_names_the_host_it_polls(tmp_path) -> None:
+    # the daemon's lanes: one per host, as the HTTP client's per-host limit counts requests
+    from bridge.config import load_config
+    from bridge.engine import make_sources
+
+    path = tmp_path / "bridge.yaml"
+    path.write_text(
+        "sources:\n"
+        "  - {name: h, kind: http, url: 'http://127.0.0.1:8080/a.json'}\n"
+        "  - {name: f, kind: feed, url: 'https://Feeds.example/rss'}\n"
+        "  - {name: g, kind: github, repo: o/r}\n"
+        "  - {name: e, kind: github, repo: o/r, api_url: 'https://ghe.example:8443/api/v3'}\n"
+    )
+    hosts = {name: s.host for name, s in make_sources(load_config(path, env={})).items()}
+    assert hosts == {
+        "h": "127.0.0.1:8080",
+        "f": "Feeds.example",
+        "g": "api.github.com",
+        "e": "ghe.example:8443",
+    }
