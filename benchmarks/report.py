@@ -86,7 +86,7 @@ def report(facts: dict[str, str], cmd: str, res: dict[str, Any]) -> str:
             f"### 2. Changed pass: one item changed in each of the {p['n']} documents",
             "",
             "`bridge once`: poll all, detect, commit (each poll's snapshot, events and deliveries"
-            " in one transaction; `once` writes up to 500 polls per transaction), then deliver"
+            " in one transaction; `once` writes up to 2,000 polls per transaction), then deliver"
             " every event, signed, to nginx's `return 204` sink (webhook `concurrency: 10`).",
             "",
             "| client | wall s | CPU s | changes/s end to end | check |",
