@@ -220,7 +220,7 @@ class Scheduler:
                 continue
             self._advance(job, now)
             if job.name in self._busy:
-                log.warning("poll of %s skipped: the previous one is still running", job.name)
+                log.warning("poll of %s skipped: the previous one has not finished", job.name)
             else:
                 self._start(job)
             later.append((job.next_at, next(self._seq), job))
@@ -268,8 +268,11 @@ class Scheduler:
             self._runners[lane] -= 1
             if not self._runners[lane]:
                 del self._runners[lane]
-                if not queue:
-                    del self._queues[lane]  # hosts come and go with reloads and redirects
+                # The last runner cancelled with polls still queued: they wait for their next
+                # turn rather than stay marked busy with no runner to take them.
+                self._busy.difference_update(queue)
+                queue.clear()
+                del self._queues[lane]  # hosts come and go with reloads and redirects
 
     async def _run(self, name: str) -> None:
         try:

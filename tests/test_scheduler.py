@@ -153,3 +153,29 @@ def test_each_bundled_kind_names_the_host_it_polls(tmp_path) -> None:
         "g": "api.github.com",
         "e": "ghe.example:8443",
     }
+
+
+async def test_a_cancelled_runner_leaves_no_source_stuck_as_busy() -> None:
+    started: list[str] = []
+
+    async def poll(name: str) -> None:
+        started.append(name)
+        await asyncio.sleep(30)
+
+    scheduler = Scheduler(poll, lane=lambda name: "host", lane_width=1, rng=random.Random(5))
+    scheduler.start()
+    try:
+        for i in range(3):
+            scheduler.schedule(spec(f"s{i}", every=60.0, jitter=0.0), None)
+        for _ in range(100):
+            if started and scheduler.queued == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(started) == 1 and scheduler.queued == 2
+        (runner,) = scheduler._tasks
+        runner.cancel()
+        await asyncio.sleep(0.05)
+        # the queued two are released for their next turn, not left busy forever
+        assert scheduler.queued == 0 and not scheduler._busy and not scheduler._queues
+    finally:
+        scheduler.shutdown()
