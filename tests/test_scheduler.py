@@ -6,7 +6,7 @@ import asyncio
 import random
 from datetime import UTC, datetime
 
-from bridge.scheduler import MAX_START_SPREAD, Scheduler, first_run
+from bridge.scheduler import MAX_START_SPREAD, PollFunc, Scheduler, first_run
 from bridge.source import SourceSpec
 
 
@@ -85,6 +85,21 @@ async def test_lanes_bound_each_hosts_polls_and_run_every_one() -> None:
     assert scheduler.queued == 0 and not scheduler._busy and not scheduler._runners
 
 
+async def one_running_rest_queued(poll: PollFunc, started: list[str], count: int) -> Scheduler:
+    """A started scheduler with `count` sources due in one lane of one runner: one has started
+    (`poll` appends to `started` and blocks), the others wait in the lane's queue."""
+    scheduler = Scheduler(poll, lane=lambda name: "host", lane_width=1, rng=random.Random(count))
+    scheduler.start()
+    for i in range(count):
+        scheduler.schedule(spec(f"s{i}", every=60.0, jitter=0.0), None)
+    for _ in range(100):
+        if started and scheduler.queued == count - 1:
+            break
+        await asyncio.sleep(0.05)
+    assert len(started) == 1 and scheduler.queued == count - 1
+    return scheduler
+
+
 async def test_shutdown_drops_polls_still_queued_in_a_lane() -> None:
     started: list[str] = []
     release = asyncio.Event()
@@ -93,15 +108,7 @@ async def test_shutdown_drops_polls_still_queued_in_a_lane() -> None:
         started.append(name)
         await release.wait()
 
-    scheduler = Scheduler(poll, lane=lambda name: "host", lane_width=1, rng=random.Random(3))
-    scheduler.start()
-    for i in range(5):
-        scheduler.schedule(spec(f"s{i}", every=60.0, jitter=0.0), None)
-    for _ in range(100):
-        if started and scheduler.queued == 4:
-            break
-        await asyncio.sleep(0.05)
-    assert len(started) == 1 and scheduler.queued == 4
+    scheduler = await one_running_rest_queued(poll, started, 5)
     scheduler.shutdown()
     assert scheduler.queued == 0
     release.set()
@@ -162,16 +169,8 @@ async def test_a_cancelled_runner_leaves_no_source_stuck_as_busy() -> None:
         started.append(name)
         await asyncio.sleep(30)
 
-    scheduler = Scheduler(poll, lane=lambda name: "host", lane_width=1, rng=random.Random(5))
-    scheduler.start()
+    scheduler = await one_running_rest_queued(poll, started, 3)
     try:
-        for i in range(3):
-            scheduler.schedule(spec(f"s{i}", every=60.0, jitter=0.0), None)
-        for _ in range(100):
-            if started and scheduler.queued == 2:
-                break
-            await asyncio.sleep(0.05)
-        assert len(started) == 1 and scheduler.queued == 2
         (runner,) = scheduler._tasks
         runner.cancel()
         await asyncio.sleep(0.05)
