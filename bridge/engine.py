@@ -95,6 +95,10 @@ class Engine:
         self.clock = clock
         self.sources = make_sources(config)
         self.workers = self._make_workers(config)
+        # A host that asked to be left alone (429, Retry-After) is, across runs: `bridge once`
+        # from cron must not ask it again a minute later.
+        for host, until in store.host_blocks(time.time()).items():
+            http.block(host, until, new=False)
         self._buffer: dict[str, PollCommit] = {}
         self._changes: dict[str, PollCommit] = {}  # changed polls held by poll_many
         self._batching = False
@@ -202,14 +206,16 @@ class Engine:
             log.debug("poll %s: %s", name, commit.result)
 
     def flush(self) -> None:
-        """Write buffered polls: no-change ones, and the changed ones `poll_many` holds."""
-        if not self._buffer and not self._changes:
+        """Write buffered polls (no-change ones, and the changed ones `poll_many` holds) and
+        the hosts that asked to be left alone since the last flush."""
+        blocks = self.http.take_new_blocks()
+        if not self._buffer and not self._changes and not blocks:
             return
         changes = list(self._changes.values())
         commits = [*changes, *self._buffer.values()]
         self._buffer.clear()
         self._changes.clear()
-        self.store.commit_polls(commits)
+        self.store.commit_polls(commits, blocks)
         self._committed(commits)
         self._wake(changes)
         for commit in changes:

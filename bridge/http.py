@@ -164,6 +164,7 @@ class HttpClient:
         self._deliver: aiohttp.ClientSession | None = None
         self._closed = False
         self._blocked: dict[str, float] = {}
+        self._new_blocks: dict[str, float] = {}  # not yet written to the state file
         self._slots: dict[str, Gate] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._targets: dict[str, tuple[yarl.URL | str, str]] = {}
@@ -197,10 +198,21 @@ class HttpClient:
         del self._blocked[host]
         return None
 
-    def block(self, host: str, until: float) -> None:
-        """Keep off `host` (netloc) until the time.time() `until`; a later block set before wins."""
+    def block(self, host: str, until: float, *, new: bool = True) -> None:
+        """Keep off `host` (netloc) until the time.time() `until`; a later block set before wins.
+
+        A new block is also kept for `take_new_blocks` (the engine writes it to the state file,
+        so that the next `bridge once` keeps off too); `new=False` restores one read from there.
+        """
         if until > self._blocked.get(host, 0.0):
             self._blocked[host] = until
+            if new:
+                self._new_blocks[host] = until
+
+    def take_new_blocks(self) -> dict[str, float]:
+        """The blocks set since the last call, by host."""
+        blocks, self._new_blocks = self._new_blocks, {}
+        return blocks
 
     async def request(
         self,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from bridge.source import FetchState
 if TYPE_CHECKING:
     import sqlite_utils
 
-SCHEMA_VERSION = 2  # 2: the deliveries_pending index
+SCHEMA_VERSION = 3  # 2: the deliveries_pending index; 3: host_blocks
 
 # How long a write waits for another process's transaction (seconds). The daemon's transactions
 # last milliseconds; a longer wait means something holds the file, and the user should hear of it.
@@ -101,6 +102,10 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
 CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at);
+CREATE TABLE IF NOT EXISTS host_blocks (
+    host TEXT PRIMARY KEY,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -352,6 +357,11 @@ class Store:
         rows = self.conn.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources").fetchall()
         return {r[0]: _source_row(r) for r in rows}
 
+    def host_blocks(self, now: float) -> dict[str, float]:
+        """Hosts still off-limits at `now` (a 429's Retry-After), with until when."""
+        rows = self.conn.execute("SELECT host, until FROM host_blocks WHERE until > ?", (now,))
+        return dict(rows.fetchall())
+
     def item_hashes(self, source: str) -> dict[str, str]:
         """key -> compared-content hash of every stored item of a source."""
         rows = self.conn.execute("SELECT key, hash FROM items WHERE source = ?", (source,))
@@ -370,12 +380,24 @@ class Store:
                 found[key] = orjson.loads(content)
         return found
 
-    def commit_polls(self, commits: Iterable[PollCommit]) -> None:
-        """Write polls with their snapshot changes, events and pending deliveries atomically."""
+    def commit_polls(
+        self, commits: Iterable[PollCommit], host_blocks: Mapping[str, float] | None = None
+    ) -> None:
+        """Write polls with their snapshot changes, events and pending deliveries atomically.
+
+        `host_blocks` (host -> time.time() until which it asked to be left alone) are kept too.
+        """
         commits = list(commits)
         whole = [c.row for c in commits if not c.touch_only]
         touched = [c.row for c in commits if c.touch_only]
         with self.write() as conn:
+            if host_blocks:
+                conn.execute("DELETE FROM host_blocks WHERE until < ?", (time.time(),))
+                conn.executemany(
+                    "INSERT INTO host_blocks (host, until) VALUES (?, ?) ON CONFLICT (host) "
+                    "DO UPDATE SET until = max(until, excluded.until)",
+                    list(host_blocks.items()),
+                )
             if touched:
                 cur = conn.executemany(
                     _TOUCH_SOURCE,
@@ -390,7 +412,7 @@ class Store:
                 self._write_polls(conn, written)
 
     def _write_polls(self, conn: sqlite3.Connection, commits: list[PollCommit]) -> None:
-        # One statement of each kind for the whole batch (`once` writes up to 500 polls at a
+        # One statement of each kind for the whole batch (`once` writes up to 2,000 polls at a
         # time): a statement per poll cost more than the rows it wrote. Row order is kept, so
         # deliveries still take ids in the order of their events.
         upserts = [(c.row.name, *upsert) for c in commits for upsert in c.upserts]

@@ -124,6 +124,38 @@ def test_once_exits_1_when_a_poll_fails_and_keeps_deliveries(write_config, origi
     assert receiver.events()[-1]["type"] == "item.changed"
 
 
+def test_a_429_keeps_the_next_once_off_the_host_until_it_said(write_config, origin) -> None:
+    # cron runs `once` a minute apart: the host's Retry-After must outlive the process
+    import sqlite3
+
+    origin.set("/items", body=b"slow down", status=429, headers={"Retry-After": "3600"})
+    path = write_config(
+        f"""
+        state: state.db
+        sources:
+          - name: api
+            kind: http
+            url: {origin.url("/items")}
+        """
+    )
+    first = run_cli("once", "-c", str(path), env=ENV)
+    assert first.code == 1 and "HTTP 429" in first.stderr
+    assert len(origin.hits("/items")) == 1
+
+    second = run_cli("once", "-c", str(path), env=ENV)
+    host = f"127.0.0.1:{origin.server.port}"
+    assert second.code == 1 and f"rate limited by {host}: waiting until" in second.stderr
+    assert len(origin.hits("/items")) == 1  # not asked again
+
+    # once the wait is over, the host is polled again
+    with sqlite3.connect(path.parent / "state.db") as conn:
+        assert conn.execute("SELECT host FROM host_blocks").fetchall() == [(host,)]
+        conn.execute("UPDATE host_blocks SET until = 0")
+    origin.set("/items", [{"id": 1}])
+    assert run_cli("once", "-c", str(path), env=ENV).code == 0
+    assert len(origin.hits("/items")) == 2
+
+
 def test_unknown_source_name_is_usage_error(write_config, origin, receiver) -> None:
     path = setup(write_config, origin, receiver)
     result = run_cli("once", "-c", str(path), "nope", env=ENV)

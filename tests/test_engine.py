@@ -309,3 +309,22 @@ async def test_basic_auth_reaches_the_origin(origin: Origin, write_config) -> No
         assert (await engine.poll("api")).result == "new"
     [headers] = origin.hits("/b")
     assert headers["Authorization"] == "Basic YW5uOnMzY3JldA=="
+
+
+def test_a_state_file_of_schema_2_gains_the_host_blocks_table(tmp_path) -> None:
+    # files written by the previous release: opened, migrated in place, nothing else touched
+    from bridge.store import SCHEMA_VERSION, Store
+
+    path = tmp_path / "state.db"
+    Store(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO sources (name, etag) VALUES ('a', '\"v1\"')")
+        conn.execute("DROP TABLE host_blocks")
+        conn.execute("PRAGMA user_version = 2")
+    store = Store(path)
+    try:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert store.source_rows()["a"].fetch_state.etag == '"v1"'
+        assert store.host_blocks(0.0) == {}
+    finally:
+        store.close()
