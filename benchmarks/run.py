@@ -235,7 +235,12 @@ def pass_3(nginx: Nginx, n: int, every: float, duration: float, per_host: int) -
             out["exit"] = proc.wait()
         err.close()
         if bare_proc is not None:
-            bare_proc.wait(3 * every)
+            try:
+                bare_proc.wait(3 * every)
+            except subprocess.TimeoutExpired:
+                # A hung bare loop gives no result; raising here would hide any earlier error.
+                bare_proc.kill()
+                bare_proc.wait()
         bare_log.close()
     text = (WORK / "logs" / "p3-bare.log").read_text().strip().splitlines()
     out["bare"] = None
