@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import hmac
 import logging
 import random
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -134,14 +135,20 @@ class WebhookWorker:
         """New deliveries may be due: look now."""
         self._wake.set()
 
-    def flush(self) -> None:
-        """Record the attempts that finished since the last claim."""
+    @contextlib.contextmanager
+    def _taking_finished(self) -> Iterator[list[Finished]]:
+        """The attempts finished since the last write; put back first if writing them fails."""
         finished, self._finished = self._finished, []
         try:
-            self.store.finish_attempts(finished)
+            yield finished
         except BaseException:
             self._finished[:0] = finished
             raise
+
+    def flush(self) -> None:
+        """Record the attempts that finished since the last claim."""
+        with self._taking_finished() as finished:
+            self.store.finish_attempts(finished)
 
     def _fill(self) -> int:
         free = self.spec.concurrency - len(self._inflight)
@@ -153,8 +160,7 @@ class WebhookWorker:
         if free <= 0 or (self._inflight and free < max(1, self.spec.concurrency // 2)):
             return 0
         now = self.clock()
-        finished, self._finished = self._finished, []
-        try:
+        with self._taking_finished() as finished:
             claimed = self.store.claim_due(
                 self.spec.name,
                 now,
@@ -163,9 +169,6 @@ class WebhookWorker:
                 set(self._inflight.values()),
                 finished,
             )
-        except BaseException:
-            self._finished[:0] = finished
-            raise
         for delivery in claimed:
             task = asyncio.create_task(self._attempt(delivery))
             self._inflight[task] = delivery.source
