@@ -152,6 +152,11 @@ def rate_limit_wait(
     return _DEFAULT_RATE_WAIT
 
 
+def host_key(url: str) -> str:
+    """What per-host limits and rate-limit blocks go by: the URL's `host:port` (its netloc)."""
+    return urlsplit(url).netloc
+
+
 class HttpClient:
     """One aiohttp session for polling (per-host concurrency bound) and one for delivering."""
 
@@ -393,9 +398,9 @@ class HttpClient:
         hit = self._targets.get(url)
         if hit is None:
             try:
-                hit = (yarl.URL(url), urlsplit(url).netloc)
+                hit = (yarl.URL(url), host_key(url))
             except ValueError:
-                return url, urlsplit(url).netloc  # aiohttp then names the problem, as before
+                return url, host_key(url)  # aiohttp then names the problem, as before
             if len(self._targets) < _TARGETS_KEPT:
                 self._targets[url] = hit
         return hit

@@ -93,7 +93,7 @@ class Source(ABC):
 
     @property
     def host(self) -> str | None:
-        """The host (`host:port`, as in its URL) this source polls, or None if not one host.
+        """The host this source polls (`bridge.http.host_key` of its URL), or None if not one.
 
         The daemon runs the polls of one host from a queue, as many at once as `http.per_host`.
         """

@@ -56,11 +56,6 @@ def check_http_url(url: Any) -> str | None:
     return None
 
 
-def url_host(url: str) -> str:
-    """The `host:port` of a URL as the HTTP client groups requests by it (its netloc)."""
-    return urlsplit(url).netloc
-
-
 def request_headers(options: Mapping[str, Any]) -> dict[str, str]:
     """The configured `headers:` as strings, with a bearer `auth:` as Authorization."""
     headers = {str(k): str(v) for k, v in (options.get("headers") or {}).items()}

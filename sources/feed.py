@@ -12,7 +12,7 @@ from typing import Any
 import feedparser
 
 from bridge.errors import SourceError
-from bridge.http import HttpClient
+from bridge.http import HttpClient, host_key
 from bridge.source import Fetched, FetchState, Option, Source
 from sources._common import (
     AUTH_OPTION,
@@ -21,7 +21,6 @@ from sources._common import (
     check_auth,
     check_http_url,
     request_headers,
-    url_host,
 )
 
 # The entry fields an item holds; `id` is the entry's id/guid.
@@ -57,7 +56,7 @@ class FeedSource(Source):
     @functools.cached_property
     def host(self) -> str | None:
         """The host polled (the configured URL's; a redirect is not followed here)."""
-        return url_host(self.spec.options["url"])
+        return host_key(self.spec.options["url"])
 
     @property
     def items_expr(self) -> str | None:

@@ -16,9 +16,9 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import orjson
 
 from bridge.errors import SourceError
-from bridge.http import HttpClient, Response, parse_retry_after
+from bridge.http import HttpClient, Response, host_key, parse_retry_after
 from bridge.source import CHANGE_KINDS, Fetched, FetchState, Option, Source
-from sources._common import body_hash, check_http_url, url_host
+from sources._common import body_hash, check_http_url
 
 log = logging.getLogger("bridge.sources.github")
 
@@ -176,7 +176,7 @@ class GitHubSource(Source):
     @functools.cached_property
     def host(self) -> str | None:
         """The host polled (the configured URL's; a redirect is not followed here)."""
-        return url_host(self._api)
+        return host_key(self._api)
 
     @property
     def items_expr(self) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from bridge.errors import SourceError
-from bridge.http import HttpClient
+from bridge.http import HttpClient, host_key
 from bridge.source import Fetched, FetchState, Option, Source
 from sources._common import (
     AUTH_OPTION,
@@ -17,7 +17,6 @@ from sources._common import (
     check_auth,
     check_http_url,
     request_headers,
-    url_host,
 )
 from sources._common import body_hash as hashed
 
@@ -33,8 +32,6 @@ class _Request(NamedTuple):
 
 class HttpSource(Source):
     """Polls one HTTP endpoint returning JSON."""
-
-    _built: _Request | None = None
 
     kind = "http"
     options = {
@@ -67,7 +64,7 @@ class HttpSource(Source):
     @functools.cached_property
     def host(self) -> str | None:
         """The host polled (the configured URL's; a redirect is not followed here)."""
-        return url_host(self.spec.options["url"])
+        return host_key(self.spec.options["url"])
 
     @property
     def items_expr(self) -> str | None:
@@ -79,6 +76,7 @@ class HttpSource(Source):
         """The configured `key:` expression."""
         return self.spec.options.get("key")
 
+    @functools.cached_property
     def _request(self) -> _Request:
         # Built once per source: the options never change, and a daemon polls thousands of times.
         opts = self.spec.options
@@ -88,7 +86,7 @@ class HttpSource(Source):
         if json_body is not None:
             headers.setdefault("Content-Type", "application/json")
         params = {str(k): str(v) for k, v in (opts.get("params") or {}).items()}
-        self._built = _Request(
+        return _Request(
             opts.get("method", "GET"),
             headers,
             params or None,
@@ -96,12 +94,11 @@ class HttpSource(Source):
             basic_auth(opts),
             opts.get("max_pages", 10) if opts.get("paginate") == "link" else 1,
         )
-        return self._built
 
     async def fetch(self, http: HttpClient, state: FetchState) -> Fetched:
         """GET (or any method) the URL conditionally, following Link pages when asked."""
         opts = self.spec.options
-        req = self._built or self._request()
+        req = self._request
         pages = await http.fetch_pages(
             req.method,
             state.url or opts["url"],
