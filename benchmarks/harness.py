@@ -23,6 +23,14 @@ WORK = HERE / "work"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def fresh(name: str) -> Path:
+    """An empty directory under benchmarks/work."""
+    d = WORK / name
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
+
+
 def log(msg: str) -> None:
     """Progress on stderr, with the time since start."""
     print(f"[{time.monotonic() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)

@@ -12,7 +12,6 @@ Writes benchmarks/work/profiles/<what>.txt (pyinstrument) or steady.raw (py-spy'
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import WORK, Nginx, bridge_config, change_docs, doc_url, ensure_nginx, log, make_docs  # noqa: E402
+from harness import (  # noqa: E402
+    WORK,
+    Nginx,
+    bridge_config,
+    change_docs,
+    doc_url,
+    ensure_nginx,
+    fresh,
+    log,
+    make_docs,
+)
 
 BRIDGE = ["-m", "bridge", "--log-level", "warning"]
 
@@ -48,9 +57,7 @@ def main() -> int:
         return 0
     out = WORK / "profiles"
     out.mkdir(parents=True, exist_ok=True)
-    d = WORK / "profile-state"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
+    d = fresh("profile-state")
     nginx = Nginx(ensure_nginx(), args.port).start()
     try:
         make_docs(args.sources)

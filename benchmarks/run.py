@@ -36,6 +36,7 @@ from harness import (  # noqa: E402
     ensure_nginx,
     ensure_urlwatch,
     file_size,
+    fresh,
     large_items,
     log,
     machine,
@@ -50,14 +51,6 @@ from harness import (  # noqa: E402
 from report import med, report, write_results  # noqa: E402
 
 BRIDGE = [sys.executable, "-m", "bridge"]
-
-
-def fresh(name: str) -> Path:
-    """An empty directory under benchmarks/work."""
-    d = WORK / name
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    return d
 
 
 def bridge_once(cfg: Path, tag: str) -> Run:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from harness import (  # noqa: E402
     count_lines,
     doc_url,
     ensure_nginx,
+    fresh,
     make_docs,
 )
 
@@ -90,9 +90,7 @@ def main() -> None:
     if args.run:
         once(*args.run)
         return
-    d = WORK / "deliver-beside"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
+    d = fresh("deliver-beside")
     nginx = Nginx(ensure_nginx()).start()
     try:
         make_docs(args.sources)
