@@ -157,7 +157,7 @@ class PollCommit:
     events: list[NewEvent] = field(default_factory=list)
     history: bool = True  # whether to keep a polls row (unchanged polls are not kept)
     # Only the row's poll times and result moved (an unchanged poll of a healthy source, the
-    # daemon's usual poll): a narrow UPDATE writes it at less than half an upsert's cost.
+    # daemon's usual poll): the engine keeps just those until it writes them as `touched`.
     touch_only: bool = False
 
 
@@ -381,15 +381,19 @@ class Store:
         return found
 
     def commit_polls(
-        self, commits: Iterable[PollCommit], host_blocks: Mapping[str, float] | None = None
+        self,
+        commits: Iterable[PollCommit],
+        host_blocks: Mapping[str, float] | None = None,
+        touched: Sequence[SourceRow] = (),
     ) -> None:
         """Write polls with their snapshot changes, events and pending deliveries atomically.
 
         `host_blocks` (host -> time.time() until which it asked to be left alone) are kept too.
+        `touched` are rows of which only the poll times and result moved (an unchanged poll of
+        a healthy source): a narrow UPDATE writes them at less than half an upsert's cost.
         """
         commits = list(commits)
-        whole = [c.row for c in commits if not c.touch_only]
-        touched = [c.row for c in commits if c.touch_only]
+        whole = [c.row for c in commits]
         with self.write() as conn:
             if host_blocks:
                 conn.execute("DELETE FROM host_blocks WHERE until < ?", (time.time(),))

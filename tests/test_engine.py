@@ -171,6 +171,48 @@ async def test_unchanged_polls_write_their_times_and_a_lost_row_comes_back_whole
     assert rewritten.last_result == "unchanged"
 
 
+async def test_a_recovery_is_written_whole_when_a_quicker_unchanged_poll_follows_it(
+    origin: Origin, write_config
+) -> None:
+    # Two polls between writes (a source polled every few seconds): the first, recovering from a
+    # failure, resets the failure count; the second only moves times. Both must reach the file.
+    origin.set("/c", items((1, "ok")))
+    path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        origin.set("/c", body=b"{}", status=500)
+        await engine.poll("api")
+        engine.flush()
+        failing = engine.store.source_row("api")
+        origin.set("/c", items((1, "ok")))
+        recovered = await engine.poll("api")
+        again = await engine.poll("api", next_poll_at=12345.0)
+        engine.flush()
+        row = engine.store.source_row("api")
+    assert failing.failures == 1 and failing.last_error is not None
+    assert (recovered.result, again.result) == ("unchanged", "unchanged")
+    assert row.failures == 0 and row.failing_since is None and row.last_error is None
+    assert row.last_result == "unchanged" and row.next_poll_at == 12345.0
+
+
+async def test_unchanged_polls_keep_no_row_until_written(
+    origin: Origin, write_config, monkeypatch
+) -> None:
+    # What a daemon holds between writes for its usual poll: times, no PollCommit or row copy.
+    monkeypatch.setattr("bridge.engine.ROWS_RECHECK", 3600.0)
+    origin.set("/c", items((1, "ok")))
+    path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        await engine.poll("api", next_poll_at=777.0)
+        held = engine._touched["api"]
+        assert not engine._buffer and held[1:] == (777.0, "unchanged")
+        engine.flush()
+        assert not engine._touched
+        row = engine.store.source_row("api")
+    assert (row.last_poll_at, row.next_poll_at, row.last_result) == held
+
+
 async def test_last_modified_is_stored_and_sent(origin: Origin, write_config) -> None:
     stamp = "Wed, 21 Oct 2026 07:28:00 GMT"
     origin.set("/c", items((1, "ok")), etag=False, headers={"Last-Modified": stamp})
