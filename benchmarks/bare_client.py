@@ -1,9 +1,12 @@
 """The floor: a bare aiohttp loop doing the same conditional GETs as `bridge`, nothing else.
 
 usage: bare_client.py URLS_FILE ETAGS_FILE CONCURRENCY [EVERY DURATION [SETTLE]]
+       bare_client.py URLS_FILE ETAGS_FILE CONCURRENCY --deliver HOOK_URL SECRET
 
 Reads one URL a line, sends If-None-Match with the ETag remembered from the last run, reads
-each body, and writes the ETags back only when one changed. With EVERY and DURATION it polls
+each body, and writes the ETags back only when one changed. With --deliver, each document that
+changed (a 200) is also POSTed to HOOK_URL, signed as Standard Webhooks signs it: the floor of
+pass 2, two requests per change and nothing else. With EVERY and DURATION it polls
 each URL every EVERY seconds (spread evenly) for DURATION seconds, as `bridge run` would, and
 prints its requests and CPU seconds counted after SETTLE seconds (by default as run.py once
 settled `bridge run`), with its peak RSS.
@@ -12,6 +15,10 @@ settled `bridge run`), with its peak RSS.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import itertools
 import resource
 import sys
 import time
@@ -21,22 +28,48 @@ import aiohttp
 import orjson
 
 
-async def main(urls: list[str], etags: dict[str, str], concurrency: int) -> dict[int, int]:
-    """One pass over urls with `concurrency` connections; returns the count of each status."""
+async def main(
+    urls: list[str],
+    etags: dict[str, str],
+    concurrency: int,
+    hook: tuple[str, str] | None = None,
+) -> dict[int, int]:
+    """One pass over urls with `concurrency` connections; returns the count of each status.
+
+    With `hook` (URL, whsec_ secret), every 200's body is also POSTed there, signed.
+    """
     counts = {200: 0, 304: 0}
     todo = iter(urls)
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=concurrency)
+    key = base64.b64decode(hook[1].removeprefix("whsec_")) if hook else b""
+    ids = itertools.count()
     async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def deliver(body: bytes) -> None:
+            assert hook is not None
+            msg_id, stamp = f"msg_{next(ids)}", str(int(time.time()))
+            mac = hmac.digest(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256)
+            headers = {
+                "Content-Type": "application/json",
+                "webhook-id": msg_id,
+                "webhook-timestamp": stamp,
+                "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+            }
+            async with session.post(hook[0], data=body, headers=headers) as resp:
+                await resp.read()
+                counts[resp.status] = counts.get(resp.status, 0) + 1
 
         async def worker() -> None:
             for url in todo:
                 tag = etags.get(url)
                 headers = {"If-None-Match": tag} if tag else None
                 async with session.get(url, headers=headers) as resp:
-                    await resp.read()
+                    body = await resp.read()
                     counts[resp.status] = counts.get(resp.status, 0) + 1
                     if resp.status == 200:
                         etags[url] = resp.headers.get("ETag", "")
+                if hook is not None and resp.status == 200:
+                    await deliver(body)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return counts
@@ -65,7 +98,8 @@ async def steady(
         async def get(url: str) -> None:
             nonlocal count
             tag = etags.get(url)
-            async with session.get(url, headers={"If-None-Match": tag}, timeout=timeout) as r:
+            headers = {"If-None-Match": tag} if tag else None
+            async with session.get(url, headers=headers, timeout=timeout) as r:
                 await r.read()
                 count += 1
 
@@ -86,7 +120,7 @@ async def steady(
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 4:
+    if len(sys.argv) > 4 and sys.argv[4] != "--deliver":
         url_list = Path(sys.argv[1]).read_text().split()
         known = orjson.loads(Path(sys.argv[2]).read_bytes())
         every, duration = float(sys.argv[4]), float(sys.argv[5])
@@ -99,7 +133,8 @@ if __name__ == "__main__":
     urls_file, etags_file, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     url_list = urls_file.read_text().split()
     known = orjson.loads(etags_file.read_bytes()) if etags_file.exists() else {}
-    counts = asyncio.run(main(url_list, known, n))
+    hook = (sys.argv[5], sys.argv[6]) if sys.argv[4:5] == ["--deliver"] else None
+    counts = asyncio.run(main(url_list, known, n, hook))
     if counts[200]:
         etags_file.write_bytes(orjson.dumps(known))
     print(", ".join(f"{status}: {n}" for status, n in sorted(counts.items())))

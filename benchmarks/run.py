@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
     HERE,
+    SECRET,
     WORK,
     Nginx,
     Run,
@@ -125,6 +126,14 @@ def pass_1_2(nginx: Nginx, n: int, per_host: int, repeats: int, urlwatch: Path) 
     out["changed_checks"] = {**counted, "delivered": delivered}
     out["changed_urlwatch"] = measure(uw_cmd, log_name="p2-urlwatch")
     out["changed_urlwatch_checks"], offset = statuses(nginx, offset)
+    # The floor: its ETags are still the first pass's, so every GET is a 200, and each is
+    # POSTed to the sink, signed. Two requests per change, nothing detected or kept.
+    _, hook_offset = count_lines(WORK / "hook.log")
+    deliver = ["--deliver", nginx.url("/hook"), SECRET]
+    out["changed_bare"] = measure([*bare_cmd, *deliver], log_name="p2-bare")
+    counted, offset = statuses(nginx, offset)
+    delivered, _ = count_lines(WORK / "hook.log", hook_offset, b" 204")
+    out["changed_bare_checks"] = {**counted, "delivered": delivered}
     return out
 
 
