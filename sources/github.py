@@ -85,6 +85,10 @@ class Budget:
     reason: str = ""
     strikes: int = 0  # secondary rate limit answers in a row
     users: dict[str, float] = field(default_factory=dict)  # source name -> its last poll
+    # What the HTTP client keeps this token's waits under, for the state file: with a space,
+    # so it is never a real host's key. `recalled` once the wait kept there has been read.
+    key: str = ""
+    recalled: bool = False
 
     def observe(self, headers: Mapping[str, str], now: float) -> None:
         """Take x-ratelimit-limit/-remaining/-reset from an answer of the `core` resource."""
@@ -133,7 +137,11 @@ _budgets: dict[tuple[str, str], Budget] = {}
 def budget_for(api_url: str, token: str | None) -> Budget:
     """The one Budget of (api_url, token); tokens are told apart by a hash, never kept."""
     who = hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anonymous"
-    return _budgets.setdefault((api_url.rstrip("/"), who), Budget())
+    api = api_url.rstrip("/")
+    budget = _budgets.get((api, who))
+    if budget is None:
+        budget = _budgets[api, who] = Budget(key=f"{host_key(api)} github-token:{who}")
+    return budget
 
 
 class GitHubSource(Source):
@@ -203,6 +211,10 @@ class GitHubSource(Source):
         return str(self.spec.options.get("api_url") or DEFAULT_API).rstrip("/")
 
     @property
+    def _who(self) -> str:
+        return "this token" if self._token else "unauthenticated requests"
+
+    @property
     def _token(self) -> str | None:
         return self.spec.options.get("token") or None
 
@@ -226,6 +238,12 @@ class GitHubSource(Source):
         now = clock()
         budget = budget_for(self._api, self._token)
         budget.users[self.name] = now
+        if not budget.recalled:
+            # A wait an earlier run was told (kept in the state file): `bridge once` from cron
+            # must not spend a request every run on a token that is spent until the reset.
+            budget.recalled = True
+            if (until := http.blocked_until(budget.key)) is not None:
+                budget.block(until, f"GitHub rate limit for {self._who} (from an earlier run)")
         if budget.blocked_until > now:
             raise SourceError(
                 f"{budget.reason}: no request before {_hms(budget.blocked_until)} UTC "
@@ -297,7 +315,7 @@ class GitHubSource(Source):
                 block_host=False,  # GitHub limits a token, not the host: budgets track that
             )
             if response.status not in _REDIRECTS:
-                self._accept(response, budget)
+                self._accept(response, budget, http)
                 return response, moved
             budget.observe(response.headers, clock())
             location = response.headers.get("Location")
@@ -328,7 +346,7 @@ class GitHubSource(Source):
                 max_bytes=self.spec.max_bytes,
                 block_host=False,
             )
-            self._accept(page, budget)
+            self._accept(page, budget, http)
             bodies.append(page.body)
             total += len(page.body)
             if total > self.spec.max_bytes:
@@ -350,7 +368,7 @@ class GitHubSource(Source):
             page = [i for i in page if not (isinstance(i, dict) and "pull_request" in i)]
         return page
 
-    def _accept(self, response: Response, budget: Budget) -> None:
+    def _accept(self, response: Response, budget: Budget, http: HttpClient) -> None:
         """Note the budget an answer reports; raise SourceError unless it is a 2xx or 304."""
         now = clock()
         budget.observe(response.headers, now)
@@ -360,7 +378,7 @@ class GitHubSource(Source):
             return
         message = _message(response.body)
         if status in (403, 429):
-            self._rate_limited(response, budget, message, now)
+            self._rate_limited(response, budget, message, now, http)
         try:
             response.check()
         except SourceError as exc:
@@ -368,10 +386,12 @@ class GitHubSource(Source):
             raise SourceError(text, retry_after=exc.retry_after) from None
         raise SourceError(f"HTTP {status} from {response.url}")  # a 1xx or 3xx: not an answer
 
-    def _rate_limited(self, response: Response, budget: Budget, message: str, now: float) -> None:
+    def _rate_limited(
+        self, response: Response, budget: Budget, message: str, now: float, http: HttpClient
+    ) -> None:
         """Raise SourceError and block the budget if this 403/429 is a rate limit."""
         headers = response.headers
-        who = "this token" if self._token else "unauthenticated requests"
+        who = self._who
         retry_after = parse_retry_after(headers.get("Retry-After"), now)
         lowered = message.lower()
         secondary = "secondary rate limit" in lowered or "abuse" in lowered
@@ -393,6 +413,7 @@ class GitHubSource(Source):
             )
         else:
             return  # a plain 403: no permission, or a blocked resource
+        http.block(budget.key, budget.blocked_until)  # the engine keeps it for the next run too
         raise SourceError(
             f"{budget.reason} ({response.status} from {response.url}): no request before "
             f"{_hms(budget.blocked_until)} UTC ({budget.blocked_until - now:.0f}s from now)",

@@ -262,6 +262,35 @@ async def test_exhausted_rate_limit_blocks_requests_until_reset(
     assert len(fake.hits(RELEASES)) == 2
 
 
+async def test_the_next_run_keeps_off_an_exhausted_token_without_asking(
+    fake: FakeGitHub, clock: Clock, write_config, budgets: dict[Any, github.Budget]
+) -> None:
+    # `bridge once` from cron: each run is a new process, with no budget in memory. The wait
+    # goes into the state file, so the runs before the reset send nothing.
+    add_releases(fake, [release()])
+    fake.add(extra("rate-limited"), times=1)  # x-ratelimit-remaining: 0, reset in an hour
+    path = write_config(
+        config(
+            source("rel", fake, f"{ORG}/release-assets", token="t"),
+            source("other-token", fake, f"{ORG}/release-assets", token="t2"),
+        )
+    )
+    async with engine_for(path) as engine:
+        await engine.poll_many(["rel"])
+    assert len(fake.hits(RELEASES)) == 1
+    budgets.clear()  # the next process
+    async with engine_for(path) as engine:
+        spent, fresh = await engine.poll_many(["rel", "other-token"])
+    assert spent.result == "error" and fresh.result == "new"
+    assert "GitHub rate limit for this token (from an earlier run)" in (spent.error or "")
+    assert len(fake.hits(RELEASES)) == 2  # only the other token asked
+    budgets.clear()
+    clock.advance(3601)  # past the reset
+    async with engine_for(path) as engine:
+        assert (await engine.poll("rel")).result == "new"
+    assert len(fake.hits(RELEASES)) == 3
+
+
 async def test_an_exhausted_token_does_not_block_another_token(
     fake: FakeGitHub, clock: Clock, write_config
 ) -> None:
