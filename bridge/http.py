@@ -206,6 +206,9 @@ class HttpClient:
     def block(self, host: str, until: float, *, new: bool = True) -> None:
         """Keep off `host` (netloc) until the time.time() `until`; a later block set before wins.
 
+        A source with its own limits (GitHub's, per token) may keep a wait here under a key that
+        is no netloc: no request checks it, but it is written and read back like a host's.
+
         A new block is also kept for `take_new_blocks` (the engine writes it to the state file,
         so that the next `bridge once` keeps off too); `new=False` restores one read from there.
         """

@@ -358,7 +358,8 @@ class Store:
         return {r[0]: _source_row(r) for r in rows}
 
     def host_blocks(self, now: float) -> dict[str, float]:
-        """Hosts still off-limits at `now` (a 429's Retry-After), with until when."""
+        """Hosts still off-limits at `now` (a 429's Retry-After), with until when; also a
+        GitHub token's wait, under its budget's key (bridge.http.HttpClient.block)."""
         rows = self.conn.execute("SELECT host, until FROM host_blocks WHERE until > ?", (now,))
         return dict(rows.fetchall())
 

@@ -231,17 +231,23 @@ async def test_304_via_etag(fake: FakeGitHub, write_config) -> None:
 # --- rate limits -------------------------------------------------------------------------------
 
 
+def spent_token(fake: FakeGitHub, write_config, second: str, token: str) -> Path:
+    """A config of `rel`, whose token's first answer says it is spent until the reset in an
+    hour, and of `second`, polling the same releases with `token`."""
+    add_releases(fake, [release()])
+    fake.add(extra("rate-limited"), times=1)  # x-ratelimit-remaining: 0, reset in an hour
+    return write_config(
+        config(
+            source("rel", fake, f"{ORG}/release-assets", token="t"),
+            source(second, fake, f"{ORG}/release-assets", token=token),
+        )
+    )
+
+
 async def test_exhausted_rate_limit_blocks_requests_until_reset(
     fake: FakeGitHub, clock: Clock, write_config
 ) -> None:
-    add_releases(fake, [release()])
-    fake.add(extra("rate-limited"), times=1)  # x-ratelimit-remaining: 0, reset in an hour
-    path = write_config(
-        config(
-            source("rel", fake, f"{ORG}/release-assets", token="t"),
-            source("same-token", fake, f"{ORG}/release-assets", token="t"),
-        )
-    )
+    path = spent_token(fake, write_config, "same-token", "t")
     async with engine_for(path) as engine:
         failed = await engine.poll("rel")
         assert failed.result == "error"
@@ -267,14 +273,7 @@ async def test_the_next_run_keeps_off_an_exhausted_token_without_asking(
 ) -> None:
     # `bridge once` from cron: each run is a new process, with no budget in memory. The wait
     # goes into the state file, so the runs before the reset send nothing.
-    add_releases(fake, [release()])
-    fake.add(extra("rate-limited"), times=1)  # x-ratelimit-remaining: 0, reset in an hour
-    path = write_config(
-        config(
-            source("rel", fake, f"{ORG}/release-assets", token="t"),
-            source("other-token", fake, f"{ORG}/release-assets", token="t2"),
-        )
-    )
+    path = spent_token(fake, write_config, "other-token", "t2")
     async with engine_for(path) as engine:
         await engine.poll_many(["rel"])
     assert len(fake.hits(RELEASES)) == 1
