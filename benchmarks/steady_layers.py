@@ -59,7 +59,7 @@ class GcClock:
     def __init__(self) -> None:
         self.on = False
         self.seconds = 0.0
-        self.by_generation = [[0, 0.0], [0, 0.0], [0, 0.0]]  # [collections, seconds]
+        self.collections = [0, 0, 0]  # by generation
         self._started = 0.0
         gc.callbacks.append(self._callback)
 
@@ -67,10 +67,8 @@ class GcClock:
         if phase == "start":
             self._started = time.process_time()
         elif self.on:
-            took = time.process_time() - self._started
-            self.seconds += took
-            self.by_generation[info["generation"]][0] += 1
-            self.by_generation[info["generation"]][1] += took
+            self.seconds += time.process_time() - self._started
+            self.collections[info["generation"]] += 1
 
 
 GC = GcClock()
@@ -100,7 +98,7 @@ async def run_layer(
     """Poll at one layer for warm + length seconds; CPU per poll over the last `length`."""
     got: dict[str, Any] = await _run_layer(layer, config_path, urls_file, every, warm, length)
     got["gc"] = GC.seconds
-    got["collections"] = [n for n, _ in GC.by_generation]
+    got["collections"] = GC.collections
     return got
 
 
@@ -126,7 +124,7 @@ async def _run_layer(
 
         daemon = Daemon(config, env=os.environ)
         window = Window(lambda: sum(daemon.metrics.polls.values()), warm, length)
-        asyncio.get_running_loop().call_later(warm + length + 0.1, daemon.request_stop)
+        loop.call_later(warm + length + 0.1, daemon.request_stop)
         await daemon.run()
         return {"polls": window.polls, "cpu": window.cpu}
     return await _partial(layer, config, every, warm, length)

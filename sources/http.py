@@ -11,13 +11,7 @@ import orjson
 from bridge.errors import SourceError
 from bridge.http import HttpClient, host_key
 from bridge.source import Fetched, FetchState, Option, Source
-from sources._common import (
-    AUTH_OPTION,
-    basic_auth,
-    check_auth,
-    check_http_url,
-    request_headers,
-)
+from sources._common import AUTH_OPTION, basic_auth, check_auth, check_http_url, request_headers
 from sources._common import body_hash as hashed
 
 
