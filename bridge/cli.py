@@ -45,10 +45,10 @@ from bridge.tables import print_table, relative, when
 )
 def main(log_level: str, log_format: str, busy_timeout: float) -> None:
     """Turn pull-only HTTP APIs into push: poll, diff, and send signed webhooks."""
-    from bridge import store
+    from bridge import statefile
 
     logs.setup(log_level, log_format)
-    store.busy_timeout = busy_timeout
+    statefile.busy_timeout = busy_timeout
 
 
 for _command in (init, listen, demo):

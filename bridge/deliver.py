@@ -19,7 +19,8 @@ from bridge import __version__
 from bridge.config import WebhookSpec
 from bridge.errors import BridgeError, DeliveryError
 from bridge.http import HttpClient, parse_retry_after
-from bridge.store import Delivery, Finished, Store
+from bridge.rows import Delivery, Finished
+from bridge.store import Store
 
 log = logging.getLogger("bridge.deliver")
 

@@ -20,8 +20,9 @@ from bridge.deliver import WebhookWorker
 from bridge.errors import SourceError
 from bridge.http import HttpClient
 from bridge.registry import load
+from bridge.rows import NewEvent, PollCommit, SourceRow
 from bridge.source import Fetched, Source
-from bridge.store import NewEvent, PollCommit, SourceRow, Store
+from bridge.store import Store
 
 if TYPE_CHECKING:  # prometheus_client is imported only by the daemon, which serves /metrics
     from bridge.metrics import Metrics

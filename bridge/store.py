@@ -1,221 +1,34 @@
-"""All SQL: schema, snapshots, poll state, and the events/deliveries outbox.
+"""All queries: snapshots, poll state, rate-limited hosts, and the events/deliveries outbox.
 
-One Store owns one connection and is used from one thread (the event loop's). Writes that must
-not interleave with another process (a second `bridge once` beside the daemon) use BEGIN IMMEDIATE.
+The file itself (connection, schema, transactions) is bridge/statefile.py; the objects these
+queries take and give are in bridge/rows.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from bridge.errors import StateError
-from bridge.source import FetchState
-
-if TYPE_CHECKING:
-    import sqlite_utils
-
-SCHEMA_VERSION = 3  # 2: the deliveries_pending index; 3: host_blocks
-
-# How long a write waits for another process's transaction (seconds). The daemon's transactions
-# last milliseconds; a longer wait means something holds the file, and the user should hear of it.
-busy_timeout = 5.0
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sources (
-    name TEXT PRIMARY KEY,
-    etag TEXT,
-    last_modified TEXT,
-    body_hash TEXT,
-    url TEXT,
-    extra BLOB,
-    baselined INTEGER NOT NULL DEFAULT 0,
-    last_poll_at REAL,
-    last_result TEXT,
-    last_error TEXT,
-    last_change_at REAL,
-    next_poll_at REAL,
-    failures INTEGER NOT NULL DEFAULT 0,
-    failing_since REAL,
-    alerted INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS items (
-    source TEXT NOT NULL,
-    key TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    content BLOB NOT NULL,
-    PRIMARY KEY (source, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS polls (
-    id INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    at REAL NOT NULL,
-    result TEXT NOT NULL,
-    duration REAL,
-    error TEXT,
-    events INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS polls_at ON polls (at);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    source TEXT NOT NULL,
-    type TEXT NOT NULL,
-    key TEXT,
-    created_at REAL NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_source ON events (source, seq);
-CREATE INDEX IF NOT EXISTS events_created ON events (created_at);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    event_seq INTEGER NOT NULL REFERENCES events (seq),
-    webhook TEXT NOT NULL,
-    source TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    lease_until REAL,
-    last_status INTEGER,
-    last_error TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (webhook, status, next_attempt_at);
-CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (webhook, id) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_seq);
-CREATE TABLE IF NOT EXISTS attempts (
-    id INTEGER PRIMARY KEY,
-    delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
-    at REAL NOT NULL,
-    status INTEGER,
-    error TEXT,
-    duration REAL
-);
-CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
-CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at);
-CREATE TABLE IF NOT EXISTS host_blocks (
-    host TEXT PRIMARY KEY,
-    until REAL NOT NULL
-) WITHOUT ROWID;
-"""
-
-
-@dataclass
-class SourceRow:
-    """What the store knows of one source between polls."""
-
-    name: str
-    fetch_state: FetchState = field(default_factory=FetchState)
-    baselined: bool = False
-    last_poll_at: float | None = None
-    last_result: str | None = None
-    last_error: str | None = None
-    last_change_at: float | None = None
-    next_poll_at: float | None = None
-    failures: int = 0
-    failing_since: float | None = None
-    alerted: bool = False
-
-    def copy(self) -> SourceRow:
-        """A shallow copy (its FetchState is immutable): a sixth of dataclasses.replace()."""
-        row = object.__new__(SourceRow)
-        row.__dict__.update(self.__dict__)
-        return row
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    """An event to insert, with the webhooks it goes to."""
-
-    id: str
-    source: str
-    type: str
-    key: str | None
-    created_at: float
-    body: bytes
-    webhooks: tuple[str, ...]
-
-
-@dataclass
-class PollCommit:
-    """Everything one poll writes: the source row, snapshot changes, events. One transaction."""
-
-    row: SourceRow
-    result: str  # new | changed | unchanged | error | baseline
-    duration: float
-    upserts: list[tuple[str, str, bytes]] = field(default_factory=list)  # key, hash, content
-    deletes: list[str] = field(default_factory=list)
-    events: list[NewEvent] = field(default_factory=list)
-    history: bool = True  # whether to keep a polls row (unchanged polls are not kept)
-    # Only the row's poll times and result moved (an unchanged poll of a healthy source, the
-    # daemon's usual poll): the engine keeps just those until it writes them as `touched`.
-    touch_only: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """The outcome of one delivery attempt, to record: delivered, pending again, or dead."""
-
-    delivery_id: int
-    status: str
-    at: float
-    duration: float
-    http_status: int | None
-    error: str | None
-    next_attempt_at: float | None = None
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One claimed delivery with its event's id and body."""
-
-    id: int
-    event_id: str
-    webhook: str
-    source: str
-    attempts: int
-    body: bytes
-
-
-def _row_values(row: SourceRow) -> tuple[Any, ...]:
-    fs = row.fetch_state
-    return (
-        row.name,
-        fs.etag,
-        fs.last_modified,
-        fs.body_hash,
-        fs.url,
-        orjson.dumps(dict(fs.extra)) if fs.extra else None,
-        int(row.baselined),
-        row.last_poll_at,
-        row.last_result,
-        row.last_error,
-        row.last_change_at,
-        row.next_poll_at,
-        row.failures,
-        row.failing_since,
-        int(row.alerted),
-    )
-
-
-_SOURCE_COLUMNS = (
-    "name, etag, last_modified, body_hash, url, extra, baselined, last_poll_at, last_result, "
-    "last_error, last_change_at, next_poll_at, failures, failing_since, alerted"
+from bridge.rows import (
+    SOURCE_COLUMNS,
+    Delivery,
+    Finished,
+    PollCommit,
+    SourceRow,
+    row_from,
+    row_values,
 )
+from bridge.statefile import StateFile
+
 # An upsert updates the row in place: a third of the cost of INSERT OR REPLACE's delete and insert.
 _UPSERT_SOURCE = (
-    f"INSERT INTO sources ({_SOURCE_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
+    f"INSERT INTO sources ({SOURCE_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
     "ON CONFLICT (name) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _SOURCE_COLUMNS.split(", ")[1:])
+    + ", ".join(f"{c} = excluded.{c}" for c in SOURCE_COLUMNS.split(", ")[1:])
 )
 
 _TOUCH_SOURCE = (
@@ -223,139 +36,26 @@ _TOUCH_SOURCE = (
 )
 
 
-def _source_row(r: Sequence[Any]) -> SourceRow:
-    return SourceRow(
-        name=r[0],
-        fetch_state=FetchState(
-            etag=r[1],
-            last_modified=r[2],
-            body_hash=r[3],
-            url=r[4],
-            extra=orjson.loads(r[5]) if r[5] else {},
-        ),
-        baselined=bool(r[6]),
-        last_poll_at=r[7],
-        last_result=r[8],
-        last_error=r[9],
-        last_change_at=r[10],
-        next_poll_at=r[11],
-        failures=r[12],
-        failing_since=r[13],
-        alerted=bool(r[14]),
-    )
-
-
 def _chunks(seq: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
 
 
-class Store:
-    """The SQLite state file."""
-
-    def __init__(self, path: Path | str):
-        """Open (creating and migrating if needed) the state file; ":memory:" for a throwaway."""
-        self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise StateError(f"{self.path}: the directory {self.path.parent} does not exist")
-        try:
-            # Autocommit at the driver level: every transaction here is an explicit write().
-            conn = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None)
-            self.conn = conn
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = wal")
-            # WAL with synchronous=NORMAL is durable against process crashes (kill -9), which is
-            # the promise; only an OS crash can lose the last commits.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"{self.path}: cannot use the state file: {exc}") from exc
-
-    @functools.cached_property
-    def db(self) -> sqlite_utils.Database:
-        """sqlite-utils over the same connection, for the CLI's listings."""
-        # Imported on first use: polling never needs it, and it costs `bridge once` ~60 ms.
-        import sqlite_utils
-
-        return sqlite_utils.Database(self.conn, execute_plugins=False)
-
-    def _migrate(self) -> None:
-        conn = self.conn
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StateError(
-                f"{self.path}: state file schema {version} is newer than this bridge knows"
-            )
-        if version < SCHEMA_VERSION:
-            with self.write():
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.conn.close()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (BEGIN IMMEDIATE) so it never fails mid-way."""
-        conn = self.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StateError(f"{self.path}: cannot write the state file: {exc}") from exc
-        try:
-            yield conn
-        except sqlite3.DatabaseError as exc:
-            conn.rollback()
-            raise StateError(f"{self.path}: cannot write the state file: {exc}") from exc
-        except BaseException:
-            conn.rollback()
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            conn.rollback()
-            raise StateError(f"{self.path}: cannot write the state file: {exc}") from exc
-
-    def writable(self) -> bool:
-        """Whether a write transaction can start right now (for /healthz); waits at most 1 s.
-
-        On a connection of its own, so that /healthz can ask from a thread: a state file locked
-        by another process must not stall the daemon's event loop for that second.
-        """
-        try:
-            conn = sqlite3.connect(str(self.path), timeout=1.0, isolation_level=None)
-        except sqlite3.Error:
-            return False
-        try:
-            # Taking the write lock is the test; nothing is written, so the daemon's row cache
-            # (which another connection's commit invalidates) stays valid.
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
-            return True
-        except sqlite3.Error:
-            return False
-        finally:
-            conn.close()
-
-    def data_version(self) -> int:
-        """Changes when another connection commits: a cheap way to notice new deliveries."""
-        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+class Store(StateFile):
+    """The state file's queries."""
 
     # --- sources and snapshots -------------------------------------------------------------
 
     def source_row(self, name: str) -> SourceRow:
         """The stored row of a source, or a fresh one if it was never polled."""
-        r = self.conn.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE name = ?", (name,))
+        r = self.conn.execute(f"SELECT {SOURCE_COLUMNS} FROM sources WHERE name = ?", (name,))
         found = r.fetchone()
-        return _source_row(found) if found else SourceRow(name=name)
+        return row_from(found) if found else SourceRow(name=name)
 
     def source_rows(self) -> dict[str, SourceRow]:
         """Every stored source row by name."""
-        rows = self.conn.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources").fetchall()
-        return {r[0]: _source_row(r) for r in rows}
+        rows = self.conn.execute(f"SELECT {SOURCE_COLUMNS} FROM sources").fetchall()
+        return {r[0]: row_from(r) for r in rows}
 
     def host_blocks(self, now: float) -> dict[str, float]:
         """Hosts still off-limits at `now` (a 429's Retry-After), with until when; also a
@@ -411,7 +111,7 @@ class Store:
                 if cur.rowcount != len(touched):  # a row went missing meanwhile: write them whole
                     whole += touched
             if whole:
-                conn.executemany(_UPSERT_SOURCE, [_row_values(r) for r in whole])
+                conn.executemany(_UPSERT_SOURCE, [row_values(r) for r in whole])
             written = [c for c in commits if c.upserts or c.deletes or c.events or c.history]
             if written:
                 self._write_polls(conn, written)

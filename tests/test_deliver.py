@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from standardwebhooks import Webhook
 
-from bridge import store as store_module
+from bridge import statefile
 from bridge.config import WebhookSpec
 from bridge.deliver import decide, secret_key, sign
 from bridge.engine import Engine
@@ -310,7 +310,7 @@ def test_secret_without_base64_padding_works() -> None:
 async def test_a_worker_survives_a_locked_state_file(
     origin, receiver, write_config, monkeypatch
 ) -> None:
-    monkeypatch.setattr(store_module, "busy_timeout", 0.2)
+    monkeypatch.setattr(statefile, "busy_timeout", 0.2)
     origin.set("/items", [{"id": 1}])
     path = write(write_config, origin, receiver)
     async with engine_for(path) as engine:

@@ -355,7 +355,8 @@ async def test_basic_auth_reaches_the_origin(origin: Origin, write_config) -> No
 
 def test_a_state_file_of_schema_2_gains_the_host_blocks_table(tmp_path) -> None:
     # files written by the previous release: opened, migrated in place, nothing else touched
-    from bridge.store import SCHEMA_VERSION, Store
+    from bridge.statefile import SCHEMA_VERSION
+    from bridge.store import Store
 
     path = tmp_path / "state.db"
     Store(path).close()
