@@ -18,7 +18,8 @@ from typing import TextIO
 from bridge import __version__
 from bridge.config import WebhookSpec
 from bridge.errors import BridgeError, DeliveryError
-from bridge.http import HttpClient, parse_retry_after
+from bridge.headers import parse_retry_after
+from bridge.http import HttpClient
 from bridge.rows import Delivery, Finished
 from bridge.store import Store
 

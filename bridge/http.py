@@ -1,19 +1,20 @@
-"""The one HTTP client: sessions, conditional requests, Link pages, rate limits, our exceptions."""
+"""The one HTTP client: sessions, conditional requests, Link pages, rate limits, our exceptions.
+
+What the headers say is read by bridge/headers.py; its functions are offered here too, since
+sources import only this module.
+"""
 
 from __future__ import annotations
 
 import base64
 import errno
-import re
 import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from types import MappingProxyType, TracebackType
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import yarl
@@ -21,23 +22,16 @@ import yarl
 import bridge
 from bridge.errors import DeliveryError, SourceError
 from bridge.gate import Gate
+from bridge.headers import parse_link_header, rate_limit_wait
+from bridge.headers import parse_retry_after as parse_retry_after  # for sources (see above)
 
 _NO_LINKS: Mapping[str, str] = MappingProxyType({})
 _DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 _ANSWER_BYTES = 64 * 1024  # a webhook receiver's answer is only kept for diagnostics
-_DEFAULT_RATE_WAIT = 60.0
-# Below this, an x-ratelimit-reset is a delta in seconds (some APIs), not a unix time (GitHub).
-_EPOCH_FLOOR = 1_000_000_000
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Parsed URLs kept: one per polled URL. Paging cursors can make URLs without end; past this many,
 # new ones are parsed on each use instead.
 _TARGETS_KEPT = 100_000
-
-_LINK_VALUE = re.compile(
-    r'<([^>]*)>((?:\s*;\s*[^;,=\s]+(?:\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^;,]*))?)*)'
-)
-_LINK_PARAM = re.compile(r';\s*([^;,=\s]+)(?:\s*=\s*("(?:[^"\\]|\\.)*"|[^;,]*))?')
-_QUOTED_PAIR = re.compile(r"\\(.)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,75 +75,6 @@ class Pages:
     etag: str | None
     last_modified: str | None
     first: Response
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value (delta-seconds or HTTP date); None if unusable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        # float() also takes "nan", "inf" and "-5", none of which is a delay a server can mean
-        return seconds if 0 <= seconds < float("inf") else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" dates come back naive; HTTP dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def parse_link_header(value: str | None, base_url: str) -> dict[str, str]:
-    """RFC 8288 Link header to {rel: absolute URL}; the first link of each rel wins."""
-    links: dict[str, str] = {}
-    if not value:
-        return links
-    for match in _LINK_VALUE.finditer(value):
-        target, params = match.groups()
-        for param in _LINK_PARAM.finditer(params):
-            if param.group(1).lower() != "rel":
-                continue
-            rels = param.group(2) or ""
-            if rels.startswith('"'):
-                rels = _QUOTED_PAIR.sub(r"\1", rels[1:-1])
-            url = urljoin(base_url, target.strip())
-            for rel in rels.lower().split():
-                links.setdefault(rel, url)
-            break  # RFC 8288: a repeated rel parameter is ignored
-    return links
-
-
-def rate_limit_wait(
-    status: int, headers: Mapping[str, str], now: float | None = None
-) -> float | None:
-    """Seconds to keep off the host after this response, or None when it is not rate limited."""
-    # Checked first: this runs on every response and almost every status is none of these.
-    if status != 429 and status != 403 and status != 503:
-        return None
-    retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
-    if status == 503:
-        return retry_after
-    if retry_after is not None:
-        # GitHub's secondary rate limits answer 403 with Retry-After and a non-zero remaining
-        return retry_after
-    if status == 403 and _header(headers, "X-RateLimit-Remaining") != "0":
-        return None
-    reset = _header(headers, "X-RateLimit-Reset")
-    if reset:
-        try:
-            value = float(reset)
-        except ValueError:
-            value = -1.0
-        if value >= _EPOCH_FLOOR:
-            return max(0.0, value - (time.time() if now is None else now))
-        if value >= 0:
-            return value
-    return _DEFAULT_RATE_WAIT
 
 
 def host_key(url: str) -> str:
@@ -555,12 +480,6 @@ def _origin(url: str) -> str:
     """A webhook URL for messages: scheme and host only, since chat webhook paths are secrets."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    # Callers may hand in a plain dict as well as aiohttp's case-insensitive headers.
-    value = headers.get(name)
-    return value if value is not None else headers.get(name.lower())
 
 
 def _size(n: int) -> str:

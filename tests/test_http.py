@@ -14,13 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bridge.errors import DeliveryError, SourceError
-from bridge.http import (
-    HttpClient,
-    Response,
-    parse_link_header,
-    parse_retry_after,
-    rate_limit_wait,
-)
+from bridge.headers import parse_link_header, parse_retry_after, rate_limit_wait
+from bridge.http import HttpClient, Response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ServerFactory = Callable[..., Awaitable[TestServer]]
