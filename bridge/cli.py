@@ -254,7 +254,13 @@ def status(config_path: str, as_json: bool) -> int:
                 "error": row.last_error if row else None,
             }
         )
-    webhooks = [{"name": name, **counts[name]} for name in config.webhooks]
+    webhooks = [{"name": name, "configured": True, **counts[name]} for name in config.webhooks]
+    # A webhook taken out of the config keeps its deliveries; shown while any wait or died.
+    webhooks += [
+        {"name": name, "configured": False, **n}
+        for name, n in sorted(counts.items())
+        if name not in config.webhooks and (n["pending"] or n["dead"])
+    ]
     if as_json:
         click.echo(orjson.dumps({"sources": sources, "webhooks": webhooks}).decode())
         return EXIT_OK
@@ -271,6 +277,9 @@ def status(config_path: str, as_json: bool) -> int:
     for s in failing:
         click.echo(f"  {s['name']}: {s['error']}")
     click.echo()
+    for w in webhooks:
+        if not w["configured"]:
+            w["name"] += " (not in the config)"
     print_table(webhooks, ["name", "pending", "delivered", "dead"])
     if not running:
         click.echo("\n(no `bridge run` is using this state file)")

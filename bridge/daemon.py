@@ -143,6 +143,7 @@ class Daemon:
             # Pending deliveries of a removed webhook stay queued; they go out if it comes back.
             await self._stop_worker(name)
         self.config = new
+        self._warn_of_removed_webhooks()
         log.info(
             "reloaded %s: %d added, %d removed, %d changed sources",
             new.path,
@@ -150,6 +151,18 @@ class Daemon:
             len(removed),
             len(changed),
         )
+
+    def _warn_of_removed_webhooks(self) -> None:
+        # Their deliveries are kept (never lose a change), but nothing sends them: say so once.
+        assert self.engine is not None
+        for name, pending in sorted(self.engine.store.pending_by_webhook().items()):
+            if name not in self.config.webhooks:
+                log.warning(
+                    "webhook %s is not in the config; deliveries pending for it: %d (kept, "
+                    "they go out if it is added back)",
+                    name,
+                    pending,
+                )
 
     async def _stop_worker(self, name: str) -> None:
         assert self.engine is not None
@@ -234,6 +247,7 @@ class Daemon:
                     len(self.config.webhooks),
                     self.config.state,
                 )
+                self._warn_of_removed_webhooks()
                 housekeeping = asyncio.create_task(self._housekeeping())
                 await self._stop.wait()
                 log.info("stopping: waiting up to %.0fs for in-flight work", self.config.grace)

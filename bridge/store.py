@@ -380,6 +380,13 @@ class Store(StateFile):
             counts.setdefault(webhook, {"pending": 0, "delivered": 0, "dead": 0})[status] = n
         return counts
 
+    def pending_by_webhook(self) -> dict[str, int]:
+        """webhook -> deliveries pending for it (through the deliveries_pending index)."""
+        rows = self.conn.execute(
+            "SELECT webhook, count(*) FROM deliveries WHERE status = 'pending' GROUP BY webhook"
+        )
+        return dict(rows.fetchall())
+
     def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
         """Every attempt of one delivery, oldest first."""
         return list(

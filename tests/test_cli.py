@@ -189,7 +189,9 @@ def test_status_events_deliveries_and_replay(write_config, origin, receiver) -> 
     doc = orjson.loads(status.stdout)
     [source] = doc["sources"]
     assert source["name"] == "api" and source["result"] == "unchanged" and source["failures"] == 0
-    assert doc["webhooks"] == [{"name": "hook", "pending": 0, "delivered": 0, "dead": 1}]
+    assert doc["webhooks"] == [
+        {"name": "hook", "configured": True, "pending": 0, "delivered": 0, "dead": 1}
+    ]
     table = run_cli("status", "-c", str(path), env=ENV)
     assert table.code == 0 and "LAST_POLL" in table.stdout and "DEAD" in table.stdout
 

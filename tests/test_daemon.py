@@ -110,7 +110,9 @@ def test_sigterm_lets_an_inflight_delivery_finish(write_config, origin, receiver
     assert code == 0, err
     assert len(receiver.received) == 1
     status = orjson.loads(run_cli("status", "-c", str(path), "--json", env=ENV).stdout)
-    assert status["webhooks"] == [{"name": "hook", "pending": 0, "delivered": 1, "dead": 0}]
+    assert status["webhooks"] == [
+        {"name": "hook", "configured": True, "pending": 0, "delivered": 1, "dead": 0}
+    ]
 
 
 def test_a_second_signal_exits_at_once_and_loses_nothing(write_config, origin, receiver) -> None:
@@ -135,6 +137,42 @@ def test_a_second_signal_exits_at_once_and_loses_nothing(write_config, origin, r
     # The interrupted delivery is still queued: it goes out once its lease runs out.
     status = orjson.loads(run_cli("status", "-c", str(path), "--json", env=ENV).stdout)
     assert status["webhooks"][0]["pending"] == 1
+
+
+def test_a_webhook_taken_out_of_the_config_keeps_its_deliveries_and_says_so(
+    write_config, origin, receiver
+) -> None:
+    origin.set("/a", [{"id": 1}])
+    path = write_config(config(receiver, [("a", origin.url("/a"))]).replace("[100ms,", "[1s,"))
+    with_hook = path.read_text()
+    assert run_cli("once", "-c", str(path), env=ENV).code == 0  # the baseline
+    origin.set("/a", [{"id": 1}, {"id": 2}])
+    receiver.answer(500)
+    assert run_cli("once", "-c", str(path), env=ENV).code == 0  # one attempt, refused
+    assert len(receiver.received) == 1
+
+    # The webhook is renamed: "hook" is gone from the config, its delivery is still waiting.
+    path.write_text(with_hook.replace("  hook:", "  other:").replace("[hook]", "[other]"))
+    status = orjson.loads(run_cli("status", "-c", str(path), "--json", env=ENV).stdout)
+    assert status["webhooks"] == [
+        {"name": "other", "configured": True, "pending": 0, "delivered": 0, "dead": 0},
+        {"name": "hook", "configured": False, "pending": 1, "delivered": 0, "dead": 0},
+    ]
+    table = run_cli("status", "-c", str(path), env=ENV).stdout
+    assert "hook (not in the config)" in table
+
+    proc = start(path)
+    try:
+        wait_for(lambda: len(origin.hits("/a")) >= 4, timeout=15)  # running, past the retry
+        assert len(receiver.received) == 1  # nothing sends a removed webhook's deliveries
+        path.write_text(with_hook)  # back in the config: its queue goes out
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(receiver.received) == 2, timeout=15)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert "webhook hook is not in the config; deliveries pending for it: 1 (kept" in err
+    assert [e["data"]["key"] for e in receiver.events()] == ["2", "2"]
 
 
 def test_a_hung_source_does_not_delay_others(write_config, origin, receiver) -> None:
