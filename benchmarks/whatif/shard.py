@@ -1,0 +1,125 @@
+"""What-if for RESULTS.md: `bridge once` split over two processes, each polling half the sources.
+
+    python benchmarks/whatif/shard.py [--rounds 3] [--sources 5000]
+
+Not how `bridge once` works: measured to see how far both cores would take pass 2. It sets up
+pass 2 (documents whose one item changes each round), then alternates two variants of `once`,
+each a fresh process: `seq` polls everything, then delivers (what `bridge once` does); `shard`
+loads the config, then forks two children. Each child polls every second source, then delivers
+what is due. To stay as polite as one process, each child gets half the per-host limit and half
+the webhook's concurrency. The children share the queue, and its leases keep them from sending
+one delivery twice; nothing keeps one source's deliveries in order across them, which a real
+design would have to add. Prints wall seconds, CPU of parent and children, and the deliveries
+nginx counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import (  # noqa: E402
+    WORK,
+    Nginx,
+    bridge_config,
+    change_docs,
+    child_env,
+    count_lines,
+    doc_url,
+    ensure_nginx,
+    fresh,
+    make_docs,
+)
+
+SHARDS = 2
+
+
+def once(config_path: str, mode: str) -> None:
+    """One `once`-like run in this process (and its children); prints its figures."""
+    started, cpu = time.perf_counter(), time.process_time()
+    from bridge.config import load_config
+    from bridge.engine import Engine
+    from bridge.http import HttpClient
+    from bridge.store import Store
+
+    config = load_config(config_path, os.environ)
+
+    async def run(names: list[str], per_host: int) -> None:
+        store = Store(config.state)
+        try:
+            async with HttpClient(per_host=per_host) as http:
+                engine = Engine(config, store, http)
+                await engine.poll_many(names)
+                await engine.deliver_due()
+        finally:
+            store.close()
+
+    names = [s.name for s in config.sources]
+    children_cpu = 0.0
+    if mode == "shard":
+        hooks = {
+            name: dataclasses.replace(hook, concurrency=max(1, hook.concurrency // SHARDS))
+            for name, hook in config.webhooks.items()
+        }
+        config = dataclasses.replace(config, webhooks=hooks)
+        pids = []
+        for i in range(SHARDS):
+            pid = os.fork()
+            if pid == 0:
+                asyncio.run(run(names[i::SHARDS], max(1, config.per_host // SHARDS)))
+                os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            _, _, usage = os.wait4(pid, 0)
+            children_cpu += usage.ru_utime + usage.ru_stime
+    else:
+        asyncio.run(run(names, config.per_host))
+    wall = time.perf_counter() - started
+    own = time.process_time() - cpu
+    print(f"{mode}: wall {wall:.2f} s, CPU {own:.2f} s + children {children_cpu:.2f} s")
+
+
+def main() -> None:
+    """Set pass 2 up and alternate the two variants."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sources", type=int, default=5000)
+    ap.add_argument("--run", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.run:
+        once(*args.run)
+        return
+    d = fresh("shard")
+    nginx = Nginx(ensure_nginx()).start()
+    try:
+        make_docs(args.sources)
+        urls = [doc_url(nginx, i) for i in range(args.sources)]
+        cfg = bridge_config(d / "bridge.yaml", "state.db", urls, nginx.url("/hook"), per_host=10)
+        env = child_env()
+        baseline = [sys.executable, "-m", "bridge", "once", "-q", "-c", str(cfg)]
+        subprocess.run(baseline, check=True, capture_output=True, env=env)
+        for r in range(args.rounds * 2):
+            if r % 2 == 0:  # every run changes one item of every document
+                change_docs(args.sources, 2)
+            else:
+                make_docs(args.sources)
+            mode = ("seq", "shard")[r % 2]
+            _, offset = count_lines(WORK / "hook.log")
+            cmd = [sys.executable, __file__, "--run", str(cfg), mode]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            delivered, _ = count_lines(WORK / "hook.log", offset, b" 204")
+            print(f"{out.stdout.strip()}; {delivered} delivered", flush=True)
+    finally:
+        nginx.stop()
+
+
+if __name__ == "__main__":
+    main()
