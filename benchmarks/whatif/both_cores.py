@@ -1,16 +1,20 @@
-"""What-if for RESULTS.md: `bridge once` split over two processes, each polling half the sources.
+"""What-ifs for RESULTS.md: `bridge once` of pass 2 over both cores, in two ways.
 
-    python benchmarks/whatif/shard.py [--rounds 3] [--sources 5000]
+    python benchmarks/whatif/both_cores.py [--modes seq,fork,shard] [--rounds 3] [--sources 5000]
 
 Not how `bridge once` works: measured to see how far both cores would take pass 2. It sets up
-pass 2 (documents whose one item changes each round), then alternates two variants of `once`,
-each a fresh process: `seq` polls everything, then delivers (what `bridge once` does); `shard`
-loads the config, then forks two children. Each child polls every second source, then delivers
-what is due. To stay as polite as one process, each child gets half the per-host limit and half
-the webhook's concurrency. The children share the queue, and its leases keep them from sending
-one delivery twice; nothing keeps one source's deliveries in order across them, which a real
-design would have to add. Prints wall seconds, CPU of parent and children, and the deliveries
-nginx counted.
+pass 2 (documents whose one item changes each run), then alternates the variants of `once`
+named in --modes, each a fresh process:
+- `seq` polls everything, then delivers (what `bridge once` does);
+- `fork` loads the config, forks a child that delivers whatever is due every 20 ms, and polls in
+  the parent;
+- `shard` loads the config, then forks two children; each polls every second source, then
+  delivers what is due. To stay as polite as one process, each child gets half the per-host
+  limit and half the webhook's concurrency. The children share the queue, and its leases keep
+  them from sending one delivery twice; nothing keeps one source's deliveries in order across
+  them, which a real design would have to add.
+Prints wall seconds, the CPU of the process and of its children, and the deliveries nginx
+counted.
 """
 
 from __future__ import annotations
@@ -51,45 +55,62 @@ def once(config_path: str, mode: str) -> None:
     from bridge.store import Store
 
     config = load_config(config_path, os.environ)
+    names = [s.name for s in config.sources]
+    done = Path(config_path).with_suffix(".polled")  # `fork`: the parent's polls are committed
+    done.unlink(missing_ok=True)
 
-    async def run(names: list[str], per_host: int) -> None:
+    async def run(
+        names: list[str], per_host: int, *, deliver: bool = True, until_done: bool = False
+    ) -> None:
         store = Store(config.state)
         try:
             async with HttpClient(per_host=per_host) as http:
                 engine = Engine(config, store, http)
                 await engine.poll_many(names)
-                await engine.deliver_due()
+                while until_done and not done.exists():
+                    await engine.deliver_due()
+                    await asyncio.sleep(0.02)
+                if deliver:
+                    await engine.deliver_due()
         finally:
             store.close()
 
-    names = [s.name for s in config.sources]
-    children_cpu = 0.0
-    if mode == "shard":
+    children: list[int] = []
+    if mode == "fork":
+        pid = os.fork()
+        if pid == 0:
+            asyncio.run(run([], config.per_host, until_done=True))
+            os._exit(0)
+        children.append(pid)
+        asyncio.run(run(names, config.per_host, deliver=False))
+        done.touch()
+    elif mode == "shard":
         hooks = {
             name: dataclasses.replace(hook, concurrency=max(1, hook.concurrency // SHARDS))
             for name, hook in config.webhooks.items()
         }
         config = dataclasses.replace(config, webhooks=hooks)
-        pids = []
         for i in range(SHARDS):
             pid = os.fork()
             if pid == 0:
                 asyncio.run(run(names[i::SHARDS], max(1, config.per_host // SHARDS)))
                 os._exit(0)
-            pids.append(pid)
-        for pid in pids:
-            _, _, usage = os.wait4(pid, 0)
-            children_cpu += usage.ru_utime + usage.ru_stime
+            children.append(pid)
     else:
         asyncio.run(run(names, config.per_host))
+    children_cpu = 0.0
+    for pid in children:
+        _, _, usage = os.wait4(pid, 0)
+        children_cpu += usage.ru_utime + usage.ru_stime
     wall = time.perf_counter() - started
     own = time.process_time() - cpu
     print(f"{mode}: wall {wall:.2f} s, CPU {own:.2f} s + children {children_cpu:.2f} s")
 
 
 def main() -> None:
-    """Set pass 2 up and alternate the two variants."""
+    """Set pass 2 up and alternate the variants."""
     ap = argparse.ArgumentParser()
+    ap.add_argument("--modes", default="seq,fork,shard", help="comma-separated: seq, fork, shard")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sources", type=int, default=5000)
     ap.add_argument("--run", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
@@ -97,7 +118,8 @@ def main() -> None:
     if args.run:
         once(*args.run)
         return
-    d = fresh("shard")
+    modes = args.modes.split(",")
+    d = fresh("both-cores")
     nginx = Nginx(ensure_nginx()).start()
     try:
         make_docs(args.sources)
@@ -106,12 +128,12 @@ def main() -> None:
         env = child_env()
         baseline = [sys.executable, "-m", "bridge", "once", "-q", "-c", str(cfg)]
         subprocess.run(baseline, check=True, capture_output=True, env=env)
-        for r in range(args.rounds * 2):
+        for r in range(args.rounds * len(modes)):
             if r % 2 == 0:  # every run changes one item of every document
                 change_docs(args.sources, 2)
             else:
                 make_docs(args.sources)
-            mode = ("seq", "shard")[r % 2]
+            mode = modes[r % len(modes)]
             _, offset = count_lines(WORK / "hook.log")
             cmd = [sys.executable, __file__, "--run", str(cfg), mode]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
