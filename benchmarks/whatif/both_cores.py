@@ -30,18 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import (  # noqa: E402
-    WORK,
-    Nginx,
-    bridge_config,
-    change_docs,
-    child_env,
-    count_lines,
-    doc_url,
-    ensure_nginx,
-    fresh,
-    make_docs,
-)
+import harness  # noqa: E402
 
 SHARDS = 2
 
@@ -119,25 +108,26 @@ def main() -> None:
         once(*args.run)
         return
     modes = args.modes.split(",")
-    d = fresh("both-cores")
-    nginx = Nginx(ensure_nginx()).start()
+    d = harness.fresh("both-cores")
+    nginx = harness.Nginx(harness.ensure_nginx()).start()
     try:
-        make_docs(args.sources)
-        urls = [doc_url(nginx, i) for i in range(args.sources)]
-        cfg = bridge_config(d / "bridge.yaml", "state.db", urls, nginx.url("/hook"), per_host=10)
-        env = child_env()
+        harness.make_docs(args.sources)
+        urls = [harness.doc_url(nginx, i) for i in range(args.sources)]
+        hook = nginx.url("/hook")
+        cfg = harness.bridge_config(d / "bridge.yaml", "state.db", urls, hook, per_host=10)
+        env = harness.child_env()
         baseline = [sys.executable, "-m", "bridge", "once", "-q", "-c", str(cfg)]
         subprocess.run(baseline, check=True, capture_output=True, env=env)
         for r in range(args.rounds * len(modes)):
             if r % 2 == 0:  # every run changes one item of every document
-                change_docs(args.sources, 2)
+                harness.change_docs(args.sources, 2)
             else:
-                make_docs(args.sources)
+                harness.make_docs(args.sources)
             mode = modes[r % len(modes)]
-            _, offset = count_lines(WORK / "hook.log")
+            _, offset = harness.count_lines(harness.WORK / "hook.log")
             cmd = [sys.executable, __file__, "--run", str(cfg), mode]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-            delivered, _ = count_lines(WORK / "hook.log", offset, b" 204")
+            delivered, _ = harness.count_lines(harness.WORK / "hook.log", offset, b" 204")
             print(f"{out.stdout.strip()}; {delivered} delivered", flush=True)
     finally:
         nginx.stop()
