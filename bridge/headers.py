@@ -1,6 +1,6 @@
 """What an HTTP answer's headers ask of us: Retry-After, Link pages, rate limits.
 
-Pure functions of header values; bridge/http.py applies them (and sources import them from there).
+Functions of header values alone; bridge/http.py applies them (sources import them from there).
 """
 
 from __future__ import annotations
