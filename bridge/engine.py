@@ -129,11 +129,12 @@ class Engine:
     # --- polling ---------------------------------------------------------------------------
 
     def _row(self, name: str) -> SourceRow:
+        # The row as last written or buffered, not a copy: a poll copies it before changing it.
         if name in self._changes:
             self.flush()  # its next poll must diff against the snapshot the last one found
         pending = self._buffer.get(name)
         if pending is not None:
-            return pending.row.copy()
+            return pending.row
         now = time.monotonic()
         if self._rows is None or now - self._rows_checked >= ROWS_RECHECK:
             self._rows_checked = now
@@ -141,7 +142,7 @@ class Engine:
             if self._rows is None or version != self._rows_version:
                 self._rows, self._rows_version = self.store.source_rows(), version
         row = self._rows.get(name)
-        return row.copy() if row is not None else SourceRow(name=name)
+        return row if row is not None else SourceRow(name=name)
 
     def _committed(self, commits: Iterable[PollCommit]) -> None:
         if self._rows is not None:
@@ -170,16 +171,21 @@ class Engine:
     ) -> PollResult:
         """Poll one source; commit its new snapshot and events atomically unless dry_run."""
         source = self.sources[name]
-        row = self._row(name)
-        row.next_poll_at = next_poll_at
+        last = self._row(name)
+        row: SourceRow | None = None  # this poll's own copy, made once something changes
         started = self.clock()
         try:
-            fetched = await source.fetch(self.http, row.fetch_state)
+            fetched = await source.fetch(self.http, last.fetch_state)
+            if not dry_run and self._only_times_move(last, fetched):
+                return self._touch(name, started, next_poll_at)
+            row = self._own(last, next_poll_at)
             commit = self._assess(source, row, fetched, started)
         except SourceError as exc:
+            row = row if row is not None else self._own(last, next_poll_at)
             commit = self._failed(source, row, str(exc), started)
         except Exception as exc:  # a plugin bug must cost one poll, not the daemon
             log.debug("source %s raised", name, exc_info=True)
+            row = row if row is not None else self._own(last, next_poll_at)
             commit = self._failed(source, row, f"internal error: {exc!r}", started)
         commit.duration = self.clock() - started
         if not dry_run:
@@ -191,6 +197,37 @@ class Engine:
             [ev.body for ev in commit.events],
             commit.row.last_error if commit.result == "error" else None,
         )
+
+    @staticmethod
+    def _own(last: SourceRow, next_poll_at: float | None) -> SourceRow:
+        row = last.copy()
+        row.next_poll_at = next_poll_at
+        return row
+
+    def _only_times_move(self, row: SourceRow, fetched: Fetched) -> bool:
+        # An unchanged answer (304, or the same bytes) for a healthy source with nothing of its
+        # own waiting to be written: nearly every poll of a daemon. Nothing but its times moves.
+        return (
+            fetched.unchanged
+            and (fetched.state is row.fetch_state or fetched.state == row.fetch_state)
+            and row.baselined
+            and not row.failures
+            and not row.alerted
+            and row.last_error is None
+            and row.name not in self._buffer
+        )
+
+    def _touch(self, name: str, polled_at: float, next_poll_at: float | None) -> PollResult:
+        # Only the new times, kept in _touched until written (see __init__): no row copy and no
+        # PollCommit is built for the daemon's commonest poll.
+        duration = self.clock() - polled_at
+        self._touched[name] = (polled_at, next_poll_at, "unchanged")
+        if self._pending() >= FLUSH_EVERY:
+            self.flush()
+        if self.metrics is not None:
+            self.metrics.poll(name, "unchanged", duration, ())
+        log.debug("poll %s: unchanged", name)
+        return PollResult(name, "unchanged", duration)
 
     def _record(self, commit: PollCommit) -> None:
         name = commit.row.name
@@ -206,14 +243,10 @@ class Engine:
             self._committed([commit])
             self._wake([commit])
         else:
-            if commit.touch_only and name not in self._buffer:
-                row = commit.row
-                self._touched[name] = (row.last_poll_at, row.next_poll_at, row.last_result)
-            else:
-                # A whole row; one still waiting for this source is in it, since this poll's row
-                # was read from there.
-                self._touched.pop(name, None)
-                self._buffer[name] = commit
+            # A whole row; one still waiting for this source is in it, since this poll's row was
+            # read from there. (Polls that move only the times never get here: see _touch.)
+            self._touched.pop(name, None)
+            self._buffer[name] = commit
             if self._pending() >= FLUSH_EVERY:
                 self.flush()
         self._observe(commit)
@@ -302,8 +335,6 @@ class Engine:
 
     def _assess(self, source: Source, row: SourceRow, fetched: Fetched, now: float) -> PollCommit:
         if fetched.unchanged:
-            healthy = not row.failures and not row.alerted and row.last_error is None
-            same_state = fetched.state is row.fetch_state or fetched.state == row.fetch_state
             events = self._recovered(source, row, now)
             row.fetch_state = fetched.state
             row.last_poll_at = now
@@ -315,7 +346,6 @@ class Engine:
                 duration=0.0,
                 events=events,
                 history=bool(events),
-                touch_only=healthy and same_state and row.baselined and not events,
             )
         selected = diff.select(fetched.pages, source.items_expr)
         if source.items_expr is None:

@@ -59,9 +59,6 @@ class PollCommit:
     deletes: list[str] = field(default_factory=list)
     events: list[NewEvent] = field(default_factory=list)
     history: bool = True  # whether to keep a polls row (unchanged polls are not kept)
-    # Only the row's poll times and result moved (an unchanged poll of a healthy source, the
-    # daemon's usual poll): the engine keeps just those until it writes them as `touched`.
-    touch_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

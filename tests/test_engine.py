@@ -213,6 +213,30 @@ async def test_unchanged_polls_keep_no_row_until_written(
     assert (row.last_poll_at, row.next_poll_at, row.last_result) == held
 
 
+async def test_a_poll_changes_its_own_copy_of_the_row_and_a_dry_run_keeps_nothing(
+    origin: Origin, write_config, monkeypatch
+) -> None:
+    # Polls read the cached row without copying it; only a poll that changes more than its
+    # times copies it, so the row as written stays as it was until the new one is.
+    monkeypatch.setattr("bridge.engine.ROWS_RECHECK", 3600.0)
+    origin.set("/c", items((1, "ok")))
+    path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
+    async with engine_for(path) as engine:
+        await engine.poll("api")
+        engine.flush()
+        written = engine._rows["api"] if engine._rows else None
+        assert written is not None and written.failures == 0
+        dry = await engine.poll("api", dry_run=True)
+        assert dry.result == "unchanged" and not engine._touched and not engine._buffer
+        origin.set("/c", body=b"{}", status=500)
+        failed = await engine.poll("api")
+        assert failed.result == "error" and engine._buffer["api"].row is not written
+        assert written.failures == 0 and written.last_error is None
+        engine.flush()
+        assert engine._rows is not None and engine._rows["api"].failures == 1
+        assert engine.store.source_row("api").failures == 1
+
+
 async def test_last_modified_is_stored_and_sent(origin: Origin, write_config) -> None:
     stamp = "Wed, 21 Oct 2026 07:28:00 GMT"
     origin.set("/c", items((1, "ok")), etag=False, headers={"Last-Modified": stamp})
