@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 
 import jsonpatch
 import pytest
 
+from bridge.engine import Engine
 from tests.conftest import Origin, engine_for
 
 CONFIG = """
@@ -195,15 +198,22 @@ async def test_a_recovery_is_written_whole_when_a_quicker_unchanged_poll_follows
     assert row.last_result == "unchanged" and row.next_poll_at == 12345.0
 
 
-async def test_unchanged_polls_keep_no_row_until_written(
-    origin: Origin, write_config, monkeypatch
-) -> None:
-    # What a daemon holds between writes for its usual poll: times, no PollCommit or row copy.
+@contextlib.asynccontextmanager
+async def cached_rows_engine(origin: Origin, write_config, monkeypatch) -> AsyncIterator[Engine]:
+    """An engine whose one source ("api") is baselined, its cached rows never re-read."""
     monkeypatch.setattr("bridge.engine.ROWS_RECHECK", 3600.0)
     origin.set("/c", items((1, "ok")))
     path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
     async with engine_for(path) as engine:
         await engine.poll("api")
+        yield engine
+
+
+async def test_unchanged_polls_keep_no_row_until_written(
+    origin: Origin, write_config, monkeypatch
+) -> None:
+    # What a daemon holds between writes for its usual poll: times, no PollCommit or row copy.
+    async with cached_rows_engine(origin, write_config, monkeypatch) as engine:
         await engine.poll("api", next_poll_at=777.0)
         held = engine._touched["api"]
         assert not engine._buffer and held[1:] == (777.0, "unchanged")
@@ -218,11 +228,7 @@ async def test_a_poll_changes_its_own_copy_of_the_row_and_a_dry_run_keeps_nothin
 ) -> None:
     # Polls read the cached row without copying it; only a poll that changes more than its
     # times copies it, so the row as written stays as it was until the new one is.
-    monkeypatch.setattr("bridge.engine.ROWS_RECHECK", 3600.0)
-    origin.set("/c", items((1, "ok")))
-    path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
-    async with engine_for(path) as engine:
-        await engine.poll("api")
+    async with cached_rows_engine(origin, write_config, monkeypatch) as engine:
         engine.flush()
         written = engine._rows["api"] if engine._rows else None
         assert written is not None and written.failures == 0
