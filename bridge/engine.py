@@ -1,4 +1,4 @@
-"""Poll one source end to end (fetch, select, diff, commit with its events); own the workers."""
+"""Poll sources end to end (fetch, assess, commit with the events); own the delivery workers."""
 
 from __future__ import annotations
 
@@ -6,21 +6,19 @@ import asyncio
 import gc
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from bridge import diff
+from bridge.assess import assess, failed
 from bridge.config import Config, WebhookSpec
 from bridge.deliver import WebhookWorker
 from bridge.errors import SourceError
 from bridge.http import HttpClient
 from bridge.registry import load
-from bridge.rows import NewEvent, PollCommit, SourceRow
+from bridge.rows import PollCommit, SourceRow
 from bridge.source import Fetched, Source
 from bridge.store import Store
 
@@ -55,16 +53,6 @@ class PollResult:
     def events(self) -> list[dict[str, Any]]:
         """The events as receivers get them; parsed on demand, since `once` only counts them."""
         return [orjson.loads(body) for body in self.bodies]
-
-
-def iso(ts: float) -> str:
-    """An RFC 3339 UTC timestamp with milliseconds, as receivers get it."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def new_event_id() -> str:
-    """A unique event id; it becomes `webhook-id`, so it has no `.`."""
-    return "evt_" + uuid.uuid4().hex
 
 
 def make_sources(config: Config) -> dict[str, Source]:
@@ -179,14 +167,14 @@ class Engine:
             if not dry_run and self._only_times_move(last, fetched):
                 return self._touch(name, started, next_poll_at)
             row = self._own(last, next_poll_at)
-            commit = self._assess(source, row, fetched, started)
+            commit = assess(self.store, source, row, fetched, started)
         except SourceError as exc:
             row = row if row is not None else self._own(last, next_poll_at)
-            commit = self._failed(source, row, str(exc), started)
+            commit = failed(source, row, str(exc), started)
         except Exception as exc:  # a plugin bug must cost one poll, not the daemon
             log.debug("source %s raised", name, exc_info=True)
             row = row if row is not None else self._own(last, next_poll_at)
-            commit = self._failed(source, row, f"internal error: {exc!r}", started)
+            commit = failed(source, row, f"internal error: {exc!r}", started)
         commit.duration = self.clock() - started
         if not dry_run:
             self._record(commit)
@@ -284,136 +272,6 @@ class Engine:
         self._wake(changes)
         for commit in changes:
             self._observe(commit)
-
-    def _event(self, source: Source, type_: str, data: dict[str, Any], now: float) -> NewEvent:
-        body = orjson.dumps({"type": type_, "timestamp": iso(now), "data": data})
-        return NewEvent(
-            id=new_event_id(),
-            source=source.name,
-            type=type_,
-            key=data.get("key"),
-            created_at=now,
-            body=body,
-            webhooks=source.spec.webhooks,
-        )
-
-    def _failed(self, source: Source, row: SourceRow, error: str, now: float) -> PollCommit:
-        # The snapshot and validators stay as they were: a failed poll never looks like removals.
-        row.last_poll_at = now
-        row.last_result = "error"
-        row.last_error = error
-        row.failures += 1
-        row.failing_since = row.failing_since or now
-        events = []
-        alert_after = source.spec.alert_after
-        if alert_after and row.failures >= alert_after and not row.alerted:
-            row.alerted = True
-            data = {
-                "source": source.name,
-                "error": error,
-                "failures": row.failures,
-                "since": iso(row.failing_since),
-            }
-            events.append(self._event(source, "source.failing", data, now))
-        return PollCommit(row=row, result="error", duration=0.0, events=events)
-
-    def _recovered(self, source: Source, row: SourceRow, now: float) -> list[NewEvent]:
-        events = []
-        if row.alerted:
-            data = {
-                "source": source.name,
-                "error": row.last_error,
-                "failures": row.failures,
-                "since": iso(row.failing_since or now),
-            }
-            events.append(self._event(source, "source.recovered", data, now))
-        row.failures = 0
-        row.failing_since = None
-        row.alerted = False
-        row.last_error = None
-        return events
-
-    def _assess(self, source: Source, row: SourceRow, fetched: Fetched, now: float) -> PollCommit:
-        if fetched.unchanged:
-            events = self._recovered(source, row, now)
-            row.fetch_state = fetched.state
-            row.last_poll_at = now
-            row.last_result = "unchanged"
-            # History keeps the polls that changed something or failed.
-            return PollCommit(
-                row=row,
-                result="unchanged",
-                duration=0.0,
-                events=events,
-                history=bool(events),
-            )
-        selected = diff.select(fetched.pages, source.items_expr)
-        if source.items_expr is None:
-            entries = {"": diff.document_entry(selected, source.ignore)}
-        else:
-            entries = diff.index_items(selected, source.key_expr, source.ignore)
-        old = self.store.item_hashes(source.name)
-        found = diff.compare(old, entries, complete=fetched.complete)
-        first = not row.baselined
-        commit = PollCommit(row=row, result="new" if first else "changed", duration=0.0)
-        commit.upserts = [
-            (k, entries[k].hash, diff.canonical(entries[k].item))
-            for k in (*found.added, *found.changed)
-        ]
-        commit.deletes = list(found.removed)
-        commit.events = self._recovered(source, row, now)
-        if not first or source.spec.on_first_poll == "emit":
-            commit.events += self._change_events(source, entries, found, now)
-        if not first and not (found.added or found.changed or found.removed):
-            commit.result = "unchanged"
-            commit.history = bool(commit.events)
-        row.fetch_state = fetched.state
-        row.baselined = True
-        row.last_poll_at = now
-        row.last_result = commit.result
-        if found.added or found.changed or found.removed:
-            row.last_change_at = now
-        return commit
-
-    def _change_events(
-        self, source: Source, entries: dict[str, diff.Entry], found: diff.Diff, now: float
-    ) -> list[NewEvent]:
-        on = source.on
-        wanted_before = [
-            *(found.changed if "changed" in on else ()),
-            *(found.removed if "removed" in on else ()),
-        ]
-        before = self.store.item_contents(source.name, wanted_before) if wanted_before else {}
-        document = source.items_expr is None
-        events = []
-
-        def data(key: str, b: Any, a: Any, changes: Any) -> dict[str, Any]:
-            return {
-                "source": source.name,
-                "key": None if document else key,
-                "before": b,
-                "after": a,
-                "changes": changes,
-            }
-
-        if "added" in on:
-            for key in found.added:
-                type_ = "document.changed" if document else "item.added"
-                events.append(
-                    self._event(source, type_, data(key, None, entries[key].item, None), now)
-                )
-        if "changed" in on:
-            for key in found.changed:
-                b, a = before.get(key), entries[key].item
-                changes = diff.json_patch(b, a, source.ignore)
-                type_ = "document.changed" if document else "item.changed"
-                events.append(self._event(source, type_, data(key, b, a, changes), now))
-        if "removed" in on:
-            for key in found.removed:
-                events.append(
-                    self._event(source, "item.removed", data(key, before.get(key), None, None), now)
-                )
-        return events
 
     async def poll_many(
         self,
