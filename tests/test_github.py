@@ -13,7 +13,7 @@ import pytest
 import bridge
 from bridge.config import load_config
 from bridge.errors import ConfigError
-from sources import github
+from sources import github, github_budget
 from tests.conftest import engine_for
 from tests.fake_github import FakeGitHub, extra, recorded
 
@@ -36,10 +36,10 @@ class Clock:
 
 
 @pytest.fixture(autouse=True)
-def budgets(monkeypatch: pytest.MonkeyPatch) -> dict[Any, github.Budget]:
+def budgets(monkeypatch: pytest.MonkeyPatch) -> dict[Any, github_budget.Budget]:
     """A fresh budget registry per test: budgets otherwise live as long as the process."""
-    registry: dict[Any, github.Budget] = {}
-    monkeypatch.setattr(github, "_budgets", registry)
+    registry: dict[Any, github_budget.Budget] = {}
+    monkeypatch.setattr(github_budget, "_budgets", registry)
     return registry
 
 
@@ -269,7 +269,7 @@ async def test_exhausted_rate_limit_blocks_requests_until_reset(
 
 
 async def test_the_next_run_keeps_off_an_exhausted_token_without_asking(
-    fake: FakeGitHub, clock: Clock, write_config, budgets: dict[Any, github.Budget]
+    fake: FakeGitHub, clock: Clock, write_config, budgets: dict[Any, github_budget.Budget]
 ) -> None:
     # `bridge once` from cron: each run is a new process, with no budget in memory. The wait
     # goes into the state file, so the runs before the reset send nothing.
