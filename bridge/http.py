@@ -1,20 +1,18 @@
 """The one HTTP client: sessions, conditional requests, Link pages, rate limits, our exceptions.
 
 What the headers say is read by bridge/headers.py; its functions are offered here too, since
-sources import only this module.
+sources import only this module. How failures read in messages is bridge/httptext.py's.
 """
 
 from __future__ import annotations
 
 import base64
-import errno
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import MappingProxyType, TracebackType
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import yarl
@@ -24,6 +22,7 @@ from bridge.errors import DeliveryError, SourceError
 from bridge.gate import Gate
 from bridge.headers import parse_link_header, rate_limit_wait
 from bridge.headers import parse_retry_after as parse_retry_after  # for sources (see above)
+from bridge.httptext import describe, display, origin, too_big
 
 _NO_LINKS: Mapping[str, str] = MappingProxyType({})
 _DEFAULT_MAX_BYTES = 10 * 1024 * 1024
@@ -60,7 +59,7 @@ class Response:
             reason = ""
         status = f"{self.status} {reason}" if reason else str(self.status)
         raise SourceError(
-            f"HTTP {status} from {_display(self.url)}",
+            f"HTTP {status} from {display(self.url)}",
             retry_after=rate_limit_wait(self.status, self.headers),
         )
 
@@ -242,7 +241,7 @@ class HttpClient:
     ) -> Response:
         """Deliver one webhook: no redirects followed, at most 64 KiB of the answer kept."""
         if self._closed:
-            raise DeliveryError(f"POST {_origin(url)}: the HTTP client is closed")
+            raise DeliveryError(f"POST {origin(url)}: the HTTP client is closed")
         session = self._deliver or self._open_deliver()
         started = time.perf_counter()
         try:
@@ -256,9 +255,9 @@ class HttpClient:
                 answer = await _read_answer(resp.content)
                 return _response(resp, answer, time.perf_counter() - started)
         except TimeoutError as exc:
-            raise DeliveryError(f"POST {_origin(url)}: timed out after {timeout:g}s") from exc
+            raise DeliveryError(f"POST {origin(url)}: timed out after {timeout:g}s") from exc
         except (aiohttp.ClientError, ValueError) as exc:
-            raise DeliveryError(f"POST {_origin(url)}: {_describe(exc)}") from exc
+            raise DeliveryError(f"POST {origin(url)}: {describe(exc)}") from exc
 
     async def _send(
         self,
@@ -274,7 +273,7 @@ class HttpClient:
         block_host: bool = True,
     ) -> Response:
         if self._closed:
-            raise SourceError(f"{method} {_display(url)}: the HTTP client is closed")
+            raise SourceError(f"{method} {display(url)}: the HTTP client is closed")
         target, host = self._target(url)
         if (until := self.blocked_until(host)) is not None:
             wait = until - time.time()
@@ -303,17 +302,15 @@ class HttpClient:
                     # compressed length or describes a body that HEAD, 204 and 304 never have.
                     length = resp.content_length
                     if length is not None and length > budget and _has_plain_body(method, resp):
-                        raise _too_big(url, budget, max_bytes)
+                        raise too_big(url, budget, max_bytes)
                     body = await _read_limited(resp.content, budget)
                     if body is None:
-                        raise _too_big(url, budget, max_bytes)
+                        raise too_big(url, budget, max_bytes)
                     response = _response(resp, body, time.perf_counter() - started)
             except TimeoutError as exc:
-                raise SourceError(
-                    f"{method} {_display(url)}: timed out after {timeout:g}s"
-                ) from exc
+                raise SourceError(f"{method} {display(url)}: timed out after {timeout:g}s") from exc
             except (aiohttp.ClientError, ValueError) as exc:
-                raise SourceError(f"{method} {_display(url)}: {_describe(exc)}") from exc
+                raise SourceError(f"{method} {display(url)}: {describe(exc)}") from exc
         now = time.time()
         pause = rate_limit_wait(response.status, response.headers, now) if block_host else None
         if pause is not None:
@@ -425,66 +422,3 @@ async def _read_answer(content: aiohttp.StreamReader) -> bytes:
     except aiohttp.ClientPayloadError:
         pass
     return b"".join(chunks)
-
-
-def _too_big(url: str, budget: int, max_bytes: int) -> SourceError:
-    if budget == max_bytes:
-        return SourceError(f"response from {_display(url)} is over {_size(max_bytes)} (max_bytes)")
-    return SourceError(
-        f"pages up to {_display(url)} are over {_size(max_bytes)} in total (max_bytes)"
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    """A one-line account of a client exception, without aiohttp's internals."""
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return f"too many redirects ({len(exc.history)})"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"TLS certificate error: {exc.certificate_error}"
-    if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        return f"TLS error: {exc.os_error}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        os_error = exc.os_error
-        if isinstance(os_error, socket.gaierror):
-            return f"cannot resolve host {exc.host}"
-        if isinstance(os_error, ConnectionRefusedError) or os_error.errno == errno.ECONNREFUSED:
-            return "connection refused"
-        return f"cannot connect to {exc.host}:{exc.port}: {os_error.strerror or os_error}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection without answering"
-    if isinstance(exc, aiohttp.NonHttpUrlClientError):
-        return "not an http:// or https:// URL"
-    if isinstance(exc, aiohttp.InvalidURL):
-        return "invalid URL"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return f"broken response body ({_one_line(exc)})"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"bad response: {_one_line(exc.message) or exc.status}"
-    if isinstance(exc, ValueError):
-        return f"invalid request: {_one_line(exc)}"
-    return _one_line(exc) or type(exc).__name__
-
-
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())
-
-
-def _display(url: str) -> str:
-    """A polled URL for messages: no user:password@, and no query (it may carry an API key)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=netloc, query="…" if parts.query else ""))
-
-
-def _origin(url: str) -> str:
-    """A webhook URL for messages: scheme and host only, since chat webhook paths are secrets."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-
-
-def _size(n: int) -> str:
-    # Binary multiples under the names config authors write (max_bytes: 10MB is 10 * 1024 * 1024).
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n} bytes"
