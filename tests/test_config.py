@@ -14,16 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge import registry
-from bridge.config import (
-    Config,
-    cron_to_apscheduler,
-    load_config,
-    parse_duration,
-    parse_size,
-    redacted,
-)
+from bridge.config import Config, load_config, redacted
 from bridge.errors import ConfigError
 from bridge.source import Fetched, FetchState, Option, Source
+from bridge.units import cron_to_apscheduler, parse_duration, parse_size
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
