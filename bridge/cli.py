@@ -1,5 +1,6 @@
-"""The `bridge` command: with cli_common and cli_tools, the only place that reads argv and the
-environment, sets up logging and wires objects. Here: the group and the commands on a config."""
+"""The `bridge` command: with cli_common, cli_queue and cli_tools, the only place that reads argv
+and the environment, sets up logging and wires objects. Here: the group and the commands on a
+config."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from bridge.cli_common import (
     handle_errors,
     load,
     log_level_given,
+    open_store,
     run_async,
 )
+from bridge.cli_queue import discard, replay
 from bridge.cli_tools import demo, init, listen
 from bridge.config import Config, redacted
-from bridge.errors import ConfigError, StateError
+from bridge.errors import ConfigError
 from bridge.lock import daemon_running
 from bridge.tables import print_table, relative, when
 
@@ -51,7 +54,7 @@ def main(log_level: str, log_format: str, busy_timeout: float) -> None:
     statefile.busy_timeout = busy_timeout
 
 
-for _command in (init, listen, demo):
+for _command in (replay, discard, init, listen, demo):
     main.add_command(_command)
 
 
@@ -194,14 +197,6 @@ def run(config_path: str) -> int:
     return run_async(Daemon(config, env=os.environ).run())
 
 
-def _open_store(config: Config) -> Any:
-    from bridge.store import Store
-
-    if not config.state.exists():
-        raise StateError(f"{config.state}: no state file yet (run `bridge once` or `bridge run`)")
-    return Store(config.state)
-
-
 def _listing(
     config_path: str,
     fetch: Callable[[Any], list[dict[str, Any]]],
@@ -211,7 +206,7 @@ def _listing(
 ) -> int:
     """Rows read from the state file: JSON lines for machines, or a table for people."""
     config = load(config_path)
-    store = _open_store(config)
+    store = open_store(config)
     try:
         rows = fetch(store)
     finally:
@@ -233,7 +228,7 @@ def _listing(
 def status(config_path: str, as_json: bool) -> int:
     """Per source: last poll, result, last change, next poll, failures; per webhook: queue."""
     config = load(config_path)
-    store = _open_store(config)
+    store = open_store(config)
     try:
         rows = store.source_rows()
         counts = store.delivery_counts(config.webhooks)
@@ -310,10 +305,13 @@ def events(config_path: str, source: str | None, limit: int, as_json: bool) -> i
 @main.command()
 @config_option
 @click.option("--status", "status_", type=click.Choice(["pending", "delivered", "dead"]))
+@click.option("--webhook", help="Only deliveries to this webhook.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @handle_errors
-def deliveries(config_path: str, status_: str | None, limit: int, as_json: bool) -> int:
+def deliveries(
+    config_path: str, status_: str | None, webhook: str | None, limit: int, as_json: bool
+) -> int:
     """The delivery queue and history, with attempt counts and the last error."""
 
     def for_people(d: dict[str, Any]) -> None:
@@ -321,49 +319,8 @@ def deliveries(config_path: str, status_: str | None, limit: int, as_json: bool)
 
     return _listing(
         config_path,
-        lambda store: store.deliveries(status=status_, limit=limit),
+        lambda store: store.deliveries(status=status_, webhook=webhook, limit=limit),
         as_json,
         ["id", "event_id", "webhook", "status", "attempts", "next_attempt_at", "last_error"],
         for_people,
     )
-
-
-@main.command()
-@config_option
-@click.argument("event_ids", nargs=-1)
-@click.option("--dead", is_flag=True, help="Replay every dead delivery (narrow with the options).")
-@click.option("--webhook", help="Only deliveries to this webhook.")
-@click.option("--source", help="Only deliveries of this source's events.")
-@handle_errors
-def replay(
-    config_path: str,
-    event_ids: tuple[str, ...],
-    dead: bool,
-    webhook: str | None,
-    source: str | None,
-) -> int:
-    """Queue deliveries again; the event keeps its webhook-id."""
-    if bool(event_ids) == dead:
-        raise ConfigError("give EVENT_ID... or --dead, not both and not neither")
-    config = load(config_path)
-    if webhook and webhook not in config.webhooks:
-        raise ConfigError(f"unknown webhook {webhook!r} (known: {', '.join(config.webhooks)})")
-    store = _open_store(config)
-    try:
-        unknown = sorted(set(event_ids) - store.event_ids_known(event_ids))
-        if unknown:
-            raise ConfigError(f"unknown event id {unknown[0]!r}")
-        now = time.time()
-        if webhook and event_ids:
-            for event_id in event_ids:
-                store.add_deliveries(event_id, [webhook], now)
-        n = store.requeue(now, event_ids=event_ids, dead=dead, webhook=webhook, source=source)
-    finally:
-        store.close()
-    where = (
-        "the running daemon sends them"
-        if daemon_running(config.state)
-        else ("`bridge once` or `bridge run` sends them")
-    )
-    click.echo(f"queued {n} deliveries again; {where}")
-    return EXIT_OK

@@ -73,3 +73,12 @@ def log_level_given() -> bool:
     """Whether the user chose --log-level, rather than taking the default."""
     root = click.get_current_context().find_root()
     return root.get_parameter_source("log_level") not in (None, ParameterSource.DEFAULT)
+
+
+def open_store(config: Config) -> Any:
+    """The config's state file, which must exist: the commands that only read never create one."""
+    from bridge.store import Store
+
+    if not config.state.exists():
+        raise StateError(f"{config.state}: no state file yet (run `bridge once` or `bridge run`)")
+    return Store(config.state)

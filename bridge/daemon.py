@@ -159,9 +159,11 @@ class Daemon:
             if name not in self.config.webhooks:
                 log.warning(
                     "webhook %s is not in the config; deliveries pending for it: %d (kept, "
-                    "they go out if it is added back)",
+                    "they go out if it is added back; `bridge discard --webhook %s` gives up "
+                    "on them)",
                     name,
                     pending,
+                    name,
                 )
 
     async def _stop_worker(self, name: str) -> None:

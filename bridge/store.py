@@ -279,20 +279,9 @@ class Store(StateFile):
         source: str | None = None,
     ) -> int:
         """Queue deliveries again (replay); returns how many. Attempt history is kept."""
-        where = ["1 = 1"]
-        params: list[Any] = []
-        if event_ids:
-            marks = ",".join("?" * len(event_ids))
-            where.append(f"event_seq IN (SELECT seq FROM events WHERE id IN ({marks}))")
-            params.extend(event_ids)
+        where, params = _matching(event_ids, webhook, source)
         if dead:
             where.append("status = 'dead'")
-        if webhook:
-            where.append("webhook = ?")
-            params.append(webhook)
-        if source:
-            where.append("source = ?")
-            params.append(source)
         with self.write() as conn:
             cur = conn.execute(
                 "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, "
@@ -300,6 +289,34 @@ class Store(StateFile):
                 (now, now, *params),
             )
             return cur.rowcount
+
+    def discard(
+        self,
+        now: float,
+        *,
+        event_ids: Sequence[str] = (),
+        webhook: str | None = None,
+        source: str | None = None,
+    ) -> tuple[int, int]:
+        """Give up on pending deliveries: they become dead (replayable, trimmed by retention).
+
+        Returns (discarded, in flight): a delivery leased to a running sender is left to finish,
+        since its attempt's outcome would overwrite the status anyway.
+        """
+        where, params = _matching(event_ids, webhook, source)
+        where.append("status = 'pending'")
+        free = "(lease_until IS NULL OR lease_until < ?)"
+        with self.write() as conn:
+            discarded = conn.execute(
+                "UPDATE deliveries SET status = 'dead', last_error = 'discarded (bridge discard)', "
+                f"updated_at = ? WHERE {' AND '.join(where)} AND {free}",
+                (now, *params, now),
+            ).rowcount
+            in_flight = conn.execute(
+                f"SELECT count(*) FROM deliveries WHERE {' AND '.join(where)} AND NOT {free}",
+                (*params, now),
+            ).fetchone()[0]
+        return discarded, in_flight
 
     def add_deliveries(self, event_id: str, webhooks: Sequence[str], now: float) -> int:
         """Queue an event to webhooks it has no delivery for yet (replay to a new webhook)."""
@@ -355,17 +372,22 @@ class Store(StateFile):
             for r in self.conn.execute(sql, params)
         ]
 
-    def deliveries(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def deliveries(
+        self, *, status: str | None = None, webhook: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
         """Deliveries, newest first, with attempt counts and the last error."""
         sql = (
             "SELECT d.id, e.id AS event_id, d.webhook, d.source, e.type, d.status, d.attempts, "
             "d.next_attempt_at, d.last_status, d.last_error, d.updated_at "
-            "FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+            "FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE 1 = 1"
         )
         params: list[Any] = []
         if status:
-            sql += " WHERE d.status = ?"
+            sql += " AND d.status = ?"
             params.append(status)
+        if webhook:
+            sql += " AND d.webhook = ?"
+            params.append(webhook)
         sql += " ORDER BY d.id DESC LIMIT ?"
         params.append(limit)
         return list(self.db.query(sql, params))
@@ -421,3 +443,22 @@ class Store(StateFile):
                 if n < batch:
                     break
         return total
+
+
+def _matching(
+    event_ids: Sequence[str], webhook: str | None, source: str | None
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their parameters) on deliveries: of these events, webhook, source."""
+    where = ["1 = 1"]
+    params: list[Any] = []
+    if event_ids:
+        marks = ",".join("?" * len(event_ids))
+        where.append(f"event_seq IN (SELECT seq FROM events WHERE id IN ({marks}))")
+        params.extend(event_ids)
+    if webhook:
+        where.append("webhook = ?")
+        params.append(webhook)
+    if source:
+        where.append("source = ?")
+        params.append(source)
+    return where, params

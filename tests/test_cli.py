@@ -210,6 +210,76 @@ def test_status_events_deliveries_and_replay(write_config, origin, receiver) -> 
     assert bad.code == 2 and "evt_nope" in bad.stderr
 
 
+def test_discard_gives_up_on_a_removed_webhooks_queue_and_replay_takes_it_back(
+    write_config, origin, receiver
+) -> None:
+    path = setup(write_config, origin, receiver)
+    with_hook = path.read_text()
+    run_cli("once", "-c", str(path), env=ENV)
+    origin.set("/items", [{"id": 1, "v": 2}])
+    receiver.answer(500)
+    run_cli("once", "-c", str(path), env=ENV)  # one attempt, refused: the delivery waits
+    [sent] = receiver.received
+    path.write_text(with_hook.replace("  hook:", "  other:").replace("[hook]", "[other]"))
+
+    unsure = run_cli("discard", "-c", str(path), env=ENV)
+    assert unsure.code == 2 and unsure.stderr.count("\n") == 1
+    assert "give EVENT_ID..., --webhook or --source" in unsure.stderr
+    typo = run_cli("discard", "-c", str(path), "--webhook", "hok", env=ENV)
+    assert typo.code == 2 and "unknown webhook 'hok' (known: hook, other)" in typo.stderr
+
+    done = run_cli("discard", "-c", str(path), "--webhook", "hook", env=ENV)
+    assert done.code == 0, done.stderr
+    assert done.stdout.startswith("discarded 1 pending deliveries")
+    status = orjson.loads(run_cli("status", "-c", str(path), "--json", env=ENV).stdout)
+    assert status["webhooks"][1] == {
+        "name": "hook", "configured": False, "pending": 0, "delivered": 0, "dead": 1
+    }  # fmt: skip
+    [dead] = run_cli(
+        "deliveries", "-c", str(path), "--status", "dead", "--webhook", "hook", "--json", env=ENV
+    ).lines()
+    assert dead["attempts"] == 1 and dead["last_error"] == "discarded (bridge discard)"
+    assert (
+        run_cli("deliveries", "-c", str(path), "--webhook", "other", "--json", env=ENV).lines()
+        == []
+    )
+
+    # Discarded is not lost: with the webhook back, replay sends it, under its first webhook-id.
+    path.write_text(with_hook)
+    again = run_cli("replay", "-c", str(path), "--dead", "--webhook", "hook", env=ENV)
+    assert again.code == 0 and "queued 1" in again.stdout
+    assert run_cli("once", "-c", str(path), env=ENV).code == 0
+    assert [r.headers["webhook-id"] for r in receiver.received] == [sent.headers["webhook-id"]] * 2
+
+
+def test_discard_leaves_a_delivery_being_sent_to_finish(write_config, origin, receiver) -> None:
+    from bridge.store import Store
+
+    path = setup(write_config, origin, receiver)
+    run_cli("once", "-c", str(path), env=ENV)
+    origin.set("/items", [{"id": 1, "v": 2}, {"id": 2, "v": 1}])
+    receiver.answer(500, 500)
+    run_cli("once", "-c", str(path), env=ENV)  # two deliveries wait for their retry
+    time.sleep(0.1)
+    store = Store(path.parent / "state.db")
+    try:
+        # A running sender holds one of them (a lease, as `bridge run` takes one to send it).
+        [leased] = store.claim_due("hook", time.time(), 1, 60.0, set())
+    finally:
+        store.close()
+    result = run_cli("discard", "-c", str(path), "--source", "api", env=ENV)
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip() == (
+        "discarded 1 pending deliveries; `bridge deliveries --status dead` lists them; "
+        "1 being sent now were left to finish"
+    )
+    rows = run_cli("deliveries", "-c", str(path), "--json", env=ENV).lines()
+    assert {r["id"]: r["status"] for r in rows} == {
+        leased.id: "pending",
+        next(r["id"] for r in rows if r["id"] != leased.id): "dead",
+    }
+
+
 def test_run_delivers_and_stops_on_sigterm(write_config, origin, receiver) -> None:
     origin.set("/items", [{"id": 1}])
     text = CONFIG.format(hook=receiver.url(), origin=origin.url("/items")).replace(
