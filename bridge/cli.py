@@ -272,10 +272,16 @@ def status(config_path: str, as_json: bool) -> int:
     for s in failing:
         click.echo(f"  {s['name']}: {s['error']}")
     click.echo()
+    waiting = [w["name"] for w in webhooks if not w["configured"] and w["pending"]]
     for w in webhooks:
         if not w["configured"]:
             w["name"] += " (not in the config)"
     print_table(webhooks, ["name", "pending", "delivered", "dead"])
+    for name in waiting:
+        click.echo(
+            f"  {name}: its pending deliveries wait for it to be back in the config; "
+            f"`bridge discard --webhook {name}` gives up on them"
+        )
     if not running:
         click.echo("\n(no `bridge run` is using this state file)")
     return EXIT_OK

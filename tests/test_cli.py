@@ -222,6 +222,9 @@ def test_discard_gives_up_on_a_removed_webhooks_queue_and_replay_takes_it_back(
     [sent] = receiver.received
     path.write_text(with_hook.replace("  hook:", "  other:").replace("[hook]", "[other]"))
 
+    table = run_cli("status", "-c", str(path), env=ENV).stdout
+    assert "`bridge discard --webhook hook` gives up on them" in table
+
     unsure = run_cli("discard", "-c", str(path), env=ENV)
     assert unsure.code == 2 and unsure.stderr.count("\n") == 1
     assert "give EVENT_ID..., --webhook or --source" in unsure.stderr
@@ -239,6 +242,7 @@ def test_discard_gives_up_on_a_removed_webhooks_queue_and_replay_takes_it_back(
         "deliveries", "-c", str(path), "--status", "dead", "--webhook", "hook", "--json", env=ENV
     ).lines()
     assert dead["attempts"] == 1 and dead["last_error"] == "discarded (bridge discard)"
+    assert "bridge discard" not in run_cli("status", "-c", str(path), env=ENV).stdout
     assert (
         run_cli("deliveries", "-c", str(path), "--webhook", "other", "--json", env=ENV).lines()
         == []
