@@ -76,7 +76,7 @@ def log_level_given() -> bool:
 
 
 def open_store(config: Config) -> Any:
-    """The config's state file, which must exist: the commands that only read never create one."""
+    """The config's state file, which must exist: commands other than once and run make none."""
     from bridge.store import Store
 
     if not config.state.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import time
 from typing import Any
 
@@ -36,11 +37,20 @@ def replay(
     store = open_store(config)
     try:
         _check_event_ids(store, event_ids)
+        _check_source(config, store, source)
         now = time.time()
         if webhook and event_ids:
             for event_id in event_ids:
                 store.add_deliveries(event_id, [webhook], now)
-        n = store.requeue(now, event_ids=event_ids, dead=dead, webhook=webhook, source=source)
+        # Only to configured webhooks: a removed one's deliveries would wait with no sender.
+        n = store.requeue(
+            now,
+            event_ids=event_ids,
+            dead=dead,
+            webhook=webhook,
+            source=source,
+            webhooks=list(config.webhooks),
+        )
     finally:
         store.close()
     where = (
@@ -48,7 +58,7 @@ def replay(
         if daemon_running(config.state)
         else ("`bridge once` or `bridge run` sends them")
     )
-    click.echo(f"queued {n} deliveries again; {where}")
+    click.echo(f"queued {_deliveries(n)} again; {where}")
     return EXIT_OK
 
 
@@ -61,13 +71,14 @@ def replay(
 def discard(
     config_path: str, event_ids: tuple[str, ...], webhook: str | None, source: str | None
 ) -> int:
-    """Give up on pending deliveries: they become dead (kept, and `replay --dead` resends them)."""
+    """Give up on pending deliveries: they become dead (kept; `replay --dead` can resend them)."""
     if not (event_ids or webhook or source):
         raise ConfigError("give EVENT_ID..., --webhook or --source: which deliveries to discard")
     config = load(config_path)
     store = open_store(config)
     try:
         _check_event_ids(store, event_ids)
+        _check_source(config, store, source)
         if webhook:
             _check_webhook(config, set(store.delivery_counts()), webhook)
         discarded, in_flight = store.discard(
@@ -75,19 +86,33 @@ def discard(
         )
     finally:
         store.close()
-    message = (
-        f"discarded {discarded} pending deliveries; `bridge deliveries --status dead` lists them"
-    )
+    message = f"discarded {_deliveries(discarded)}; `bridge deliveries --status dead` lists them"
     if in_flight:
-        message += f"; {in_flight} being sent now were left to finish"
+        message += (
+            f"; {_deliveries(in_flight)} being sent at this moment will count as delivered "
+            "if that attempt succeeds"
+        )
     click.echo(message)
     return EXIT_OK
+
+
+def _deliveries(n: int) -> str:
+    return f"{n} delivery" if n == 1 else f"{n} deliveries"
 
 
 def _check_event_ids(store: Any, event_ids: tuple[str, ...]) -> None:
     unknown = sorted(set(event_ids) - store.event_ids_known(event_ids))
     if unknown:
         raise ConfigError(f"unknown event id {unknown[0]!r}")
+
+
+def _check_source(config: Config, store: Any, source: str | None) -> None:
+    # A source taken out of the config may still have deliveries, so the state file's count too.
+    if source and config.source(source) is None and source not in store.source_rows():
+        names = [spec.name for spec in config.sources]
+        close = difflib.get_close_matches(source, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown source {source!r}{hint}")
 
 
 def _check_webhook(config: Config, with_deliveries: set[str], webhook: str) -> None:

@@ -28,11 +28,18 @@ class Records(StateFile):
         dead: bool = False,
         webhook: str | None = None,
         source: str | None = None,
+        webhooks: Sequence[str] | None = None,
     ) -> int:
-        """Queue deliveries again (replay); returns how many. Attempt history is kept."""
+        """Queue deliveries again (replay); returns how many. Attempt history is kept.
+
+        `webhooks`: only deliveries to these (the configured ones: nothing sends to the others).
+        """
         where, params = _matching(event_ids, webhook, source)
         if dead:
             where.append("status = 'dead'")
+        if webhooks is not None:
+            where.append(f"webhook IN ({','.join('?' * len(webhooks))})")
+            params.extend(webhooks)
         with self.write() as conn:
             cur = conn.execute(
                 "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, "
@@ -51,22 +58,23 @@ class Records(StateFile):
     ) -> tuple[int, int]:
         """Give up on pending deliveries: they become dead (replayable, trimmed by retention).
 
-        Returns (discarded, in flight): a delivery leased to a running sender is left to finish,
-        since its attempt's outcome would overwrite the status anyway.
+        Returns (discarded, of them in flight). An attempt in flight at that moment still ends:
+        if it delivers, the delivery is recorded as delivered; otherwise it stays dead
+        (Store._write_finished).
         """
         where, params = _matching(event_ids, webhook, source)
         where.append("status = 'pending'")
-        free = "(lease_until IS NULL OR lease_until < ?)"
+        matching = " AND ".join(where)
         with self.write() as conn:
-            discarded = conn.execute(
-                "UPDATE deliveries SET status = 'dead', last_error = 'discarded (bridge discard)', "
-                f"updated_at = ? WHERE {' AND '.join(where)} AND {free}",
-                (now, *params, now),
-            ).rowcount
             in_flight = conn.execute(
-                f"SELECT count(*) FROM deliveries WHERE {' AND '.join(where)} AND NOT {free}",
+                f"SELECT count(*) FROM deliveries WHERE {matching} AND lease_until >= ?",
                 (*params, now),
             ).fetchone()[0]
+            discarded = conn.execute(
+                "UPDATE deliveries SET status = 'dead', last_error = 'discarded (bridge discard)', "
+                f"updated_at = ? WHERE {matching}",
+                (now, *params),
+            ).rowcount
         return discarded, in_flight
 
     def add_deliveries(self, event_id: str, webhooks: Sequence[str], now: float) -> int:

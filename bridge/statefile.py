@@ -2,7 +2,7 @@
 
 One connection, used from one thread (the event loop's). Writes that must not interleave with
 another process (a second `bridge once` beside the daemon) use BEGIN IMMEDIATE. The queries are
-in bridge/store.py.
+in bridge/store.py (polling and delivering) and bridge/records.py (the commands, retention).
 """
 
 from __future__ import annotations

@@ -39,8 +39,7 @@ _TOUCH_SOURCE = (
 
 
 class Store(Records):
-    """The state file's queries: those of the engine and the delivery workers here, those of
-    the commands (listings, replay, discard) and of retention in Records."""
+    """The engine's and the delivery workers' queries (the commands' are in Records)."""
 
     # --- sources and snapshots -------------------------------------------------------------
 
@@ -257,12 +256,26 @@ class Store(Records):
             "VALUES (?, ?, ?, ?, ?)",
             [(f.delivery_id, f.at, f.http_status, f.error, f.duration) for f in finished],
         )
+        # A delivery discarded (`bridge discard`) while this attempt was in flight stays dead,
+        # with the reason it was discarded, unless the attempt delivered it.
+        kept = "status = 'dead' AND ? != 'delivered'"
         conn.executemany(
-            "UPDATE deliveries SET status = ?, attempts = attempts + 1, lease_until = NULL, "
-            "next_attempt_at = coalesce(?, next_attempt_at), last_status = ?, last_error = ?, "
+            f"UPDATE deliveries SET status = CASE WHEN {kept} THEN status ELSE ? END, "
+            "attempts = attempts + 1, lease_until = NULL, "
+            "next_attempt_at = coalesce(?, next_attempt_at), last_status = ?, "
+            f"last_error = CASE WHEN {kept} THEN last_error ELSE ? END, "
             "updated_at = ? WHERE id = ?",
             [
-                (f.status, f.next_attempt_at, f.http_status, f.error, f.at, f.delivery_id)
+                (
+                    f.status,
+                    f.status,
+                    f.next_attempt_at,
+                    f.http_status,
+                    f.status,
+                    f.error,
+                    f.at,
+                    f.delivery_id,
+                )
                 for f in finished
             ],
         )

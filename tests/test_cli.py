@@ -230,10 +230,14 @@ def test_discard_gives_up_on_a_removed_webhooks_queue_and_replay_takes_it_back(
     assert "give EVENT_ID..., --webhook or --source" in unsure.stderr
     typo = run_cli("discard", "-c", str(path), "--webhook", "hok", env=ENV)
     assert typo.code == 2 and "unknown webhook 'hok' (known: hook, other)" in typo.stderr
+    typo = run_cli("discard", "-c", str(path), "--source", "apj", env=ENV)
+    assert typo.code == 2 and "unknown source 'apj' (did you mean 'api'?)" in typo.stderr
 
     done = run_cli("discard", "-c", str(path), "--webhook", "hook", env=ENV)
     assert done.code == 0, done.stderr
-    assert done.stdout.startswith("discarded 1 pending deliveries")
+    assert done.stdout.strip() == (
+        "discarded 1 delivery; `bridge deliveries --status dead` lists them"
+    )
     status = orjson.loads(run_cli("status", "-c", str(path), "--json", env=ENV).stdout)
     assert status["webhooks"][1] == {
         "name": "hook", "configured": False, "pending": 0, "delivered": 0, "dead": 1
@@ -247,40 +251,104 @@ def test_discard_gives_up_on_a_removed_webhooks_queue_and_replay_takes_it_back(
         run_cli("deliveries", "-c", str(path), "--webhook", "other", "--json", env=ENV).lines()
         == []
     )
+    # A replay of every dead delivery leaves those of a webhook that is not in the config.
+    skipped = run_cli("replay", "-c", str(path), "--dead", env=ENV)
+    assert skipped.code == 0 and skipped.stdout.startswith("queued 0 deliveries again")
 
     # Discarded is not lost: with the webhook back, replay sends it, under its first webhook-id.
     path.write_text(with_hook)
     again = run_cli("replay", "-c", str(path), "--dead", "--webhook", "hook", env=ENV)
-    assert again.code == 0 and "queued 1" in again.stdout
+    assert again.code == 0 and again.stdout.startswith("queued 1 delivery again")
     assert run_cli("once", "-c", str(path), env=ENV).code == 0
     assert [r.headers["webhook-id"] for r in receiver.received] == [sent.headers["webhook-id"]] * 2
 
 
-def test_discard_leaves_a_delivery_being_sent_to_finish(write_config, origin, receiver) -> None:
+def test_discard_takes_only_pending_deliveries_and_an_attempt_in_flight_still_ends(
+    write_config, origin, receiver
+) -> None:
+    from bridge.rows import Finished
     from bridge.store import Store
 
-    path = setup(write_config, origin, receiver)
+    text = CONFIG.format(hook=receiver.url(), origin=origin.url("/items"))
+    path = write_config(text.replace("retry: [50ms]", "retry: [1h]"))
+    origin.set("/items", [{"id": 1, "v": 1}])
     run_cli("once", "-c", str(path), env=ENV)
-    origin.set("/items", [{"id": 1, "v": 2}, {"id": 2, "v": 1}])
-    receiver.answer(500, 500)
-    run_cli("once", "-c", str(path), env=ENV)  # two deliveries wait for their retry
-    time.sleep(0.1)
+    origin.set("/items", [{"id": 1, "v": 1}, {"id": 2, "v": 1}])
+    run_cli("once", "-c", str(path), env=ENV)  # item 2 added: delivered
+    origin.set("/items", [{"id": 1, "v": 1}, {"id": 2, "v": 2}])
+    receiver.answer(410)
+    run_cli("once", "-c", str(path), env=ENV)  # item 2 changed: 410 Gone, dead at once
+    origin.set("/items", [{"id": 1, "v": 2}, {"id": 2, "v": 3}, {"id": 3, "v": 1}])
+    receiver.answer(500, 500, 500)
+    run_cli("once", "-c", str(path), env=ENV)  # three events: refused, each due again in 1 h
     store = Store(path.parent / "state.db")
     try:
-        # A running sender holds one of them (a lease, as `bridge run` takes one to send it).
-        [leased] = store.claim_due("hook", time.time(), 1, 60.0, set())
+        # A running sender holds one of them (a lease, as `bridge run` takes one to send it;
+        # one per source at a time).
+        later = time.time() + 7200
+        [first] = store.claim_due("hook", later, 2, 60.0, set())
+        before = {d["id"]: d for d in store.deliveries()}
+        second = max(i for i, d in before.items() if d["status"] == "pending" and i != first.id)
     finally:
         store.close()
+    assert sorted(d["status"] for d in before.values()) == ["dead", "delivered", *["pending"] * 3]
+
     result = run_cli("discard", "-c", str(path), "--source", "api", env=ENV)
     assert result.code == 0, result.stderr
     assert result.stdout.strip() == (
-        "discarded 1 pending deliveries; `bridge deliveries --status dead` lists them; "
-        "1 being sent now were left to finish"
+        "discarded 3 deliveries; `bridge deliveries --status dead` lists them; 1 delivery "
+        "being sent at this moment will count as delivered if that attempt succeeds"
     )
+    store = Store(path.parent / "state.db")
+    try:
+        after = {d["id"]: d for d in store.deliveries()}
+        for id_, row in before.items():  # what was not pending is as it was
+            if row["status"] != "pending":
+                assert after[id_] == row
+        assert [d["last_error"] for d in after.values() if d["status"] == "pending"] == []
+        # Attempts in flight end: one refused (it stays discarded), one delivered (it counts).
+        store.finish_attempts(
+            [
+                Finished(first.id, "pending", later, 0.1, 500, "HTTP 500", later + 3600),
+                Finished(second, "delivered", later, 0.1, 204, None, None),
+            ]
+        )
+        ended = {d["id"]: d for d in store.deliveries()}
+    finally:
+        store.close()
+    assert ended[first.id]["status"] == "dead"
+    assert ended[first.id]["last_error"] == "discarded (bridge discard)"
+    assert ended[second]["status"] == "delivered"
+
+
+def test_discard_by_event_id_and_webhook(write_config, origin, receiver) -> None:
+    text = CONFIG.format(hook=receiver.url(), origin=origin.url("/items"))
+    twice = text.replace("retry: [50ms]", "retry: [1h]").replace(
+        "sources:", f"  copy:\n    url: {receiver.url()}\n    secret: ${{HOOK_SECRET}}\nsources:"
+    )
+    path = write_config(twice.replace("webhooks: [hook]", "webhooks: [hook, copy]"))
+    origin.set("/items", [{"id": 1, "v": 1}])
+    run_cli("once", "-c", str(path), env=ENV)
+    origin.set("/items", [{"id": 1, "v": 2}, {"id": 2, "v": 1}])
+    receiver.answer(500, 500, 500, 500)
+    run_cli("once", "-c", str(path), env=ENV)  # two events, to two webhooks each: all refused
+    events = {e["type"]: e for e in run_cli("events", "-c", str(path), "--json", env=ENV).lines()}
+    changed, added = events["item.changed"], events["item.added"]
+
+    unknown = run_cli("discard", "-c", str(path), "evt_nope", env=ENV)
+    assert unknown.code == 2 and "unknown event id 'evt_nope'" in unknown.stderr
+    one = run_cli("discard", "-c", str(path), changed["id"], "--webhook", "copy", env=ENV)
+    assert one.code == 0 and one.stdout.startswith("discarded 1 delivery;")
+    rest = run_cli("discard", "-c", str(path), changed["id"], env=ENV)
+    assert rest.code == 0 and rest.stdout.startswith("discarded 1 delivery;")
+
     rows = run_cli("deliveries", "-c", str(path), "--json", env=ENV).lines()
-    assert {r["id"]: r["status"] for r in rows} == {
-        leased.id: "pending",
-        next(r["id"] for r in rows if r["id"] != leased.id): "dead",
+    statuses = {(r["event_id"], r["webhook"]): r["status"] for r in rows}
+    assert statuses == {
+        (changed["id"], "hook"): "dead",
+        (changed["id"], "copy"): "dead",
+        (added["id"], "hook"): "pending",
+        (added["id"], "copy"): "pending",
     }
 
 
