@@ -71,7 +71,7 @@ def replay(
 def discard(
     config_path: str, event_ids: tuple[str, ...], webhook: str | None, source: str | None
 ) -> int:
-    """Give up on pending deliveries: they become dead (kept; `replay --dead` can resend them)."""
+    """Give up on pending deliveries: they become dead (kept until retention trims them)."""
     if not (event_ids or webhook or source):
         raise ConfigError("give EVENT_ID..., --webhook or --source: which deliveries to discard")
     config = load(config_path)
@@ -107,7 +107,7 @@ def _check_event_ids(store: Any, event_ids: tuple[str, ...]) -> None:
 
 
 def _check_source(config: Config, store: Any, source: str | None) -> None:
-    # A source taken out of the config may still have deliveries, so the state file's count too.
+    # A source taken out of the config may still have deliveries: the state file's names count.
     if source and config.source(source) is None and source not in store.source_rows():
         names = [spec.name for spec in config.sources]
         close = difflib.get_close_matches(source, names, n=1)
