@@ -34,19 +34,21 @@ class Records(StateFile):
 
         `webhooks`: only deliveries to these (the configured ones: nothing sends to the others).
         """
-        where, params = _matching(event_ids, webhook, source)
-        if dead:
-            where.append("status = 'dead'")
-        if webhooks is not None:
-            where.append(f"webhook IN ({','.join('?' * len(webhooks))})")
-            params.extend(webhooks)
+        queued = 0
         with self.write() as conn:
-            cur = conn.execute(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, "
-                f"lease_until = NULL, updated_at = ? WHERE {' AND '.join(where)}",
-                (now, now, *params),
-            )
-            return cur.rowcount
+            for part in _id_parts(event_ids):
+                where, params = _matching(part, webhook, source)
+                if dead:
+                    where.append("status = 'dead'")
+                if webhooks is not None:
+                    where.append(f"webhook IN ({','.join('?' * len(webhooks))})")
+                    params.extend(webhooks)
+                queued += conn.execute(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, "
+                    f"lease_until = NULL, updated_at = ? WHERE {' AND '.join(where)}",
+                    (now, now, *params),
+                ).rowcount
+        return queued
 
     def discard(
         self,
@@ -62,19 +64,22 @@ class Records(StateFile):
         if it delivers, the delivery is recorded as delivered; otherwise it stays dead
         (Store._write_finished).
         """
-        where, params = _matching(event_ids, webhook, source)
-        where.append("status = 'pending'")
-        matching = " AND ".join(where)
+        discarded = in_flight = 0
         with self.write() as conn:
-            in_flight = conn.execute(
-                f"SELECT count(*) FROM deliveries WHERE {matching} AND lease_until >= ?",
-                (*params, now),
-            ).fetchone()[0]
-            discarded = conn.execute(
-                "UPDATE deliveries SET status = 'dead', last_error = 'discarded (bridge discard)', "
-                f"updated_at = ? WHERE {matching}",
-                (now, *params),
-            ).rowcount
+            for part in _id_parts(event_ids):
+                where, params = _matching(part, webhook, source)
+                where.append("status = 'pending'")
+                matching = " AND ".join(where)
+                in_flight += conn.execute(
+                    f"SELECT count(*) FROM deliveries WHERE {matching} AND lease_until >= ?",
+                    (*params, now),
+                ).fetchone()[0]
+                discarded += conn.execute(
+                    "UPDATE deliveries SET status = 'dead', "
+                    "last_error = 'discarded (bridge discard)', "
+                    f"updated_at = ? WHERE {matching}",
+                    (now, *params),
+                ).rowcount
         return discarded, in_flight
 
     def add_deliveries(self, event_id: str, webhooks: Sequence[str], now: float) -> int:
@@ -202,6 +207,14 @@ class Records(StateFile):
                 if n < batch:
                     break
         return total
+
+
+def _id_parts(event_ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    """Event ids in parts one statement can take; one empty part when no ids are given."""
+    if not event_ids:
+        yield ()
+    else:
+        yield from chunks(event_ids)
 
 
 def _matching(

@@ -127,6 +127,25 @@ async def test_spent_schedule_is_dead_then_replay_delivers(origin, receiver, wri
     assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
 
 
+async def test_discard_and_replay_take_more_event_ids_than_one_statement(
+    origin, receiver, write_config
+) -> None:
+    origin.set("/items", [{"id": i} for i in range(1200)])  # three parts of up to 500 ids
+    path = write(write_config, origin, receiver)
+    async with engine_for(path) as engine:
+        await engine.poll("api")  # 1,200 item.added, pending, nothing sent yet
+        ids = [e["id"] for e in engine.store.events(limit=2000)]
+        # SQLite's own cap (32,766 variables) made small, so that 1,200 ids are over it.
+        engine.store.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 600)
+        assert len(ids) == 1200
+        assert engine.store.discard(time.time(), event_ids=ids[:1100]) == (1100, 0)
+        counts = engine.store.delivery_counts()["hook"]
+        assert (counts["dead"], counts["pending"]) == (1100, 100)
+        assert engine.store.requeue(time.time(), event_ids=ids, dead=True) == 1100
+        assert engine.store.delivery_counts()["hook"]["pending"] == 1200
+    assert receiver.received == []
+
+
 async def test_410_is_dead_at_once(origin, receiver, write_config) -> None:
     origin.set("/items", [{"id": 1}])
     receiver.answer(410)
