@@ -18,6 +18,7 @@ from bridge import __version__, logs
 from bridge.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
+    check_source_names,
     config_option,
     handle_errors,
     load,
@@ -28,7 +29,6 @@ from bridge.cli_common import (
 from bridge.cli_queue import discard, replay
 from bridge.cli_tools import demo, init, listen
 from bridge.config import Config, redacted
-from bridge.errors import ConfigError
 from bridge.lock import daemon_running
 from bridge.tables import print_table, relative, when
 
@@ -69,13 +69,6 @@ def check(config_path: str) -> int:
     return EXIT_OK
 
 
-def _check_names(config: Config, names: Sequence[str]) -> None:
-    known = [s.name for s in config.sources]
-    for name in names:
-        if name not in known:
-            raise ConfigError(f"unknown source {name!r} (known: {', '.join(known) or 'none'})")
-
-
 @main.command()
 @config_option
 @click.argument("sources", nargs=-1)
@@ -86,7 +79,7 @@ def _check_names(config: Config, names: Sequence[str]) -> None:
 def once(config_path: str, sources: tuple[str, ...], quiet: bool) -> int:
     """Poll the named sources (default: all) once, send what is due, exit."""
     config = load(config_path)
-    _check_names(config, sources)
+    check_source_names(config, sources)
     names = list(sources) or [s.name for s in config.sources]
     if quiet and not log_level_given():
         logs.quieter()
@@ -154,7 +147,7 @@ async def _once(config: Config, names: list[str], *, quiet: bool = False) -> int
 def poll(config_path: str, source: str, dry_run: bool) -> int:
     """Poll one source now and print the events it produced."""
     config = load(config_path)
-    _check_names(config, [source])
+    check_source_names(config, [source])
     return run_async(_poll(config, source, dry_run))
 
 

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import click
@@ -82,3 +82,20 @@ def open_store(config: Config) -> Any:
     if not config.state.exists():
         raise StateError(f"{config.state}: no state file yet (run `bridge once` or `bridge run`)")
     return Store(config.state)
+
+
+def check_source_names(config: Config, names: Iterable[str], also: Iterable[str] = ()) -> None:
+    """ConfigError (exit 2) for a name that is neither a configured source nor one of `also`."""
+    known = [s.name for s in config.sources]
+    others = set(also) - set(known)
+    for name in names:
+        if name not in known and name not in others:
+            listed = ", ".join([*known, *sorted(others)]) or "none"
+            raise ConfigError(f"unknown source {name!r} (known: {listed})")
+
+
+def check_webhook_name(webhook: str, known: Iterable[str]) -> None:
+    """ConfigError (exit 2) for a webhook name not among `known`."""
+    names = list(known)
+    if webhook not in names:
+        raise ConfigError(f"unknown webhook {webhook!r} (known: {', '.join(names) or 'none'})")

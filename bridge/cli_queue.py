@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import difflib
 import time
 from typing import Any
 
 import click
 
-from bridge.cli_common import EXIT_OK, config_option, handle_errors, load, open_store
+from bridge.cli_common import (
+    EXIT_OK,
+    check_source_names,
+    check_webhook_name,
+    config_option,
+    handle_errors,
+    load,
+    open_store,
+)
 from bridge.config import Config
 from bridge.errors import ConfigError
 from bridge.lock import daemon_running
@@ -32,8 +39,8 @@ def replay(
     if bool(event_ids) == dead:
         raise ConfigError("give EVENT_ID... or --dead, not both and not neither")
     config = load(config_path)
-    if webhook and webhook not in config.webhooks:
-        raise ConfigError(f"unknown webhook {webhook!r} (known: {', '.join(config.webhooks)})")
+    if webhook:
+        check_webhook_name(webhook, config.webhooks)
     store = open_store(config)
     try:
         _check_event_ids(store, event_ids)
@@ -108,16 +115,11 @@ def _check_event_ids(store: Any, event_ids: tuple[str, ...]) -> None:
 
 def _check_source(config: Config, store: Any, source: str | None) -> None:
     # A source taken out of the config may still have deliveries: the state file's names count.
-    if source and config.source(source) is None and source not in store.source_rows():
-        names = [spec.name for spec in config.sources]
-        close = difflib.get_close_matches(source, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown source {source!r}{hint}")
+    if source and config.source(source) is None:
+        check_source_names(config, [source], also=store.source_rows())
 
 
 def _check_webhook(config: Config, with_deliveries: set[str], webhook: str) -> None:
     # A webhook taken out of the config is the usual one to discard for, so the config's names
     # and the state file's are both allowed: a typo in either is caught.
-    if webhook not in config.webhooks and webhook not in with_deliveries:
-        known = ", ".join(sorted({*config.webhooks, *with_deliveries})) or "none"
-        raise ConfigError(f"unknown webhook {webhook!r} (known: {known})")
+    check_webhook_name(webhook, sorted({*config.webhooks, *with_deliveries}))
