@@ -114,7 +114,7 @@ async def steady(
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 i += 1
-            await asyncio.sleep(1.0)  # in bursts, as bridge.scheduler.SLACK runs polls
+            await asyncio.sleep(1.0)  # in bursts, as bridge.polling.scheduler.SLACK runs polls
         assert cpu0 is not None and t0 is not None
         return count, time.process_time() - cpu0, loop.time() - t0
 

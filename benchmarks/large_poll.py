@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import change_some, large_items, write_large  # noqa: E402
 
 from bridge.config import load_config  # noqa: E402
-from bridge.engine import Engine  # noqa: E402
 from bridge.http import HttpClient  # noqa: E402
-from bridge.store import Store  # noqa: E402
+from bridge.polling.engine import Engine  # noqa: E402
+from bridge.state.sqlite.store import Store  # noqa: E402
 
 
 def state_bytes(path: Path) -> int:

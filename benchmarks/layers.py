@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 import aiohttp
 
 from bridge.config import load_config
-from bridge.engine import Engine
 from bridge.http import HttpClient
-from bridge.store import Store
+from bridge.polling.engine import Engine
+from bridge.state.sqlite.store import Store
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")

@@ -27,9 +27,9 @@ import os  # noqa: E402
 import sys  # noqa: E402
 
 from bridge.config import load_config  # noqa: E402
-from bridge.engine import Engine  # noqa: E402
 from bridge.http import HttpClient  # noqa: E402
-from bridge.store import Store  # noqa: E402
+from bridge.polling.engine import Engine  # noqa: E402
+from bridge.state.sqlite.store import Store  # noqa: E402
 
 mark("imports")
 

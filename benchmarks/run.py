@@ -287,7 +287,10 @@ def pass_4(nginx: Nginx, rounds: int) -> dict[str, Any]:
 def startup(repeats: int = 5) -> dict[str, Any]:
     """Wall time of `bridge --help`, and the import time of everything `once` loads."""
     helps = [measure([*BRIDGE, "--help"], log_name="startup-help") for _ in range(repeats)]
-    code = "import bridge.cli, bridge.engine, bridge.http, bridge.store, sources.http"
+    code = (
+        "import bridge.cli.main, bridge.polling.engine, bridge.http, bridge.state, "
+        "bridge.sources.http"
+    )
     imports = [
         measure([sys.executable, "-X", "importtime", "-c", code], log_name="startup-imports")
         for _ in range(repeats)

@@ -120,7 +120,7 @@ async def _run_layer(
 
     config = load_config(config_path, os.environ)
     if layer == "daemon":
-        from bridge.daemon import Daemon
+        from bridge.service.daemon import Daemon
 
         daemon = Daemon(config, env=os.environ)
         window = Window(lambda: sum(daemon.metrics.polls.values()), warm, length)
@@ -136,10 +136,10 @@ async def _partial(
     # The layers below the daemon, put together by hand as the daemon puts them together.
     import aiohttp
 
-    from bridge.engine import Engine
     from bridge.http import HttpClient
-    from bridge.scheduler import Scheduler
-    from bridge.store import Store
+    from bridge.polling.engine import Engine
+    from bridge.polling.scheduler import Scheduler
+    from bridge.state.sqlite.store import Store
 
     store = Store(config.state)
     polls = [0]

@@ -24,9 +24,9 @@ import pytest
 from aiohttp import web
 
 from bridge.config import load_config
-from bridge.engine import Engine
 from bridge.http import HttpClient
-from bridge.store import Store
+from bridge.polling.engine import Engine
+from bridge.state.sqlite.store import Store
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

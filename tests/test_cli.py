@@ -266,8 +266,8 @@ def test_discard_gives_up_on_a_removed_webhooks_queue_and_replay_takes_it_back(
 def test_discard_takes_only_pending_deliveries_and_an_attempt_in_flight_still_ends(
     write_config, origin, receiver
 ) -> None:
-    from bridge.rows import Finished
-    from bridge.store import Store
+    from bridge.model import Finished
+    from bridge.state.sqlite.store import Store
 
     text = CONFIG.format(hook=receiver.url(), origin=origin.url("/items"))
     path = write_config(text.replace("retry: [50ms]", "retry: [1h]"))

@@ -13,11 +13,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import registry
 from bridge.config import Config, load_config, redacted
+from bridge.config.units import cron_to_apscheduler, parse_duration, parse_size
 from bridge.errors import ConfigError
-from bridge.source import Fetched, FetchState, Option, Source
-from bridge.units import cron_to_apscheduler, parse_duration, parse_size
+from bridge.sources import registry
+from bridge.sources.base import Fetched, FetchState, Option, Source
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
@@ -568,7 +568,7 @@ def test_url_check_agrees_with_urlsplit(url: str) -> None:
     # plain URLs skip urlsplit when the config is loaded: the verdict must be the same
     from urllib.parse import urlsplit
 
-    from sources._common import check_http_url
+    from bridge.sources._common import check_http_url
 
     parts = urlsplit(url)
     usable = parts.scheme in ("http", "https") and bool(parts.hostname)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from standardwebhooks import Webhook
 
-from bridge import statefile
 from bridge.config import WebhookSpec
-from bridge.deliver import decide, secret_key, sign
-from bridge.engine import Engine
+from bridge.delivery.worker import decide, secret_key, sign
+from bridge.polling.engine import Engine
+from bridge.state.sqlite import connection as statefile
 from tests.conftest import SECRET, Origin, Receiver, async_wait_for, engine_for
 
 SECOND_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"

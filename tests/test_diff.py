@@ -1,4 +1,4 @@
-"""Examples for bridge.diff: selecting, hashing, ignoring, keys, comparing, JSON Patch."""
+"""Examples for bridge.polling.diff: selecting, hashing, ignoring, keys, comparing, JSON Patch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import jmespath
 import jsonpatch
 import pytest
 
-from bridge.diff import (
+from bridge.errors import SourceError
+from bridge.polling.diff import (
     Diff,
     Entry,
     canonical,
@@ -23,7 +24,6 @@ from bridge.diff import (
     select,
     strip_ignored,
 )
-from bridge.errors import SourceError
 
 # compile_expr
 

@@ -1,4 +1,4 @@
-"""Properties of bridge.diff against a plain reference model, on random JSON (hypothesis)."""
+"""Properties of bridge.polling.diff against a plain reference model, on random JSON."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.diff import Diff, canonical, compare, index_items, json_patch, strip_ignored
 from bridge.errors import SourceError
+from bridge.polling.diff import Diff, canonical, compare, index_items, json_patch, strip_ignored
 
 SETTINGS = settings(max_examples=200, deadline=None)
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import jsonpatch
 import pytest
 
-from bridge.engine import Engine
+from bridge.polling.engine import Engine
 from tests.conftest import Origin, engine_for
 
 CONFIG = """
@@ -150,7 +150,9 @@ async def test_conditional_request_and_304(origin: Origin, write_config) -> None
 async def test_unchanged_polls_write_their_times_and_a_lost_row_comes_back_whole(
     origin: Origin, write_config, monkeypatch
 ) -> None:
-    monkeypatch.setattr("bridge.engine.ROWS_RECHECK", 3600.0)  # the engine keeps its cached row
+    monkeypatch.setattr(
+        "bridge.polling.engine.ROWS_RECHECK", 3600.0
+    )  # the engine keeps its cached row
     origin.set("/c", items((1, "ok")))
     path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
     async with engine_for(path) as engine:
@@ -201,7 +203,7 @@ async def test_a_recovery_is_written_whole_when_a_quicker_unchanged_poll_follows
 @contextlib.asynccontextmanager
 async def cached_rows_engine(origin: Origin, write_config, monkeypatch) -> AsyncIterator[Engine]:
     """An engine whose one source ("api") is baselined, its cached rows never re-read."""
-    monkeypatch.setattr("bridge.engine.ROWS_RECHECK", 3600.0)
+    monkeypatch.setattr("bridge.polling.engine.ROWS_RECHECK", 3600.0)
     origin.set("/c", items((1, "ok")))
     path = write_config(config_text(origin.url("/c"), "items: components\nkey: id"))
     async with engine_for(path) as engine:
@@ -385,8 +387,8 @@ async def test_basic_auth_reaches_the_origin(origin: Origin, write_config) -> No
 
 def test_a_state_file_of_schema_2_gains_the_host_blocks_table(tmp_path) -> None:
     # files written by the previous release: opened, migrated in place, nothing else touched
-    from bridge.statefile import SCHEMA_VERSION
-    from bridge.store import Store
+    from bridge.state.sqlite.connection import SCHEMA_VERSION
+    from bridge.state.sqlite.store import Store
 
     path = tmp_path / "state.db"
     Store(path).close()

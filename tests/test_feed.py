@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bridge.config import load_config
 from bridge.errors import ConfigError
-from sources import feed
+from bridge.sources import feed
 from tests.conftest import ThreadedServer, engine_for
 
 RSS = "application/rss+xml"

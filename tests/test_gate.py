@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from bridge.gate import Gate
+from bridge.http.gate import Gate
 
 
 async def test_never_more_than_its_slots_at_once_and_first_come_first_served():

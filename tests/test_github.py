@@ -13,7 +13,7 @@ import pytest
 import bridge
 from bridge.config import load_config
 from bridge.errors import ConfigError
-from sources import github, github_budget
+from bridge.sources import github, github_budget
 from tests.conftest import engine_for
 from tests.fake_github import FakeGitHub, extra, recorded
 

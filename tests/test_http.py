@@ -1,4 +1,4 @@
-"""bridge.http against real aiohttp servers on 127.0.0.1."""
+"""bridge.http.client against real aiohttp servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bridge.errors import DeliveryError, SourceError
-from bridge.headers import parse_link_header, parse_retry_after, rate_limit_wait
 from bridge.http import HttpClient, Response
+from bridge.http.headers import parse_link_header, parse_retry_after, rate_limit_wait
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ServerFactory = Callable[..., Awaitable[TestServer]]

@@ -16,8 +16,8 @@ import orjson
 import pytest
 from standardwebhooks import Webhook
 
-from bridge.deliver import sign
-from bridge.listen import Rejected, describe, listen_app, verify
+from bridge.cli.listen import Rejected, describe, listen_app, verify
+from bridge.delivery.worker import sign
 from tests.conftest import SECRET, run_cli
 
 OTHER = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.metrics import Metrics
+from bridge.service.metrics import Metrics
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset], float]:

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.units import cron_to_apscheduler
+from bridge.config.units import cron_to_apscheduler
 from tests.conftest import SECRET, Origin, run_cli, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ import asyncio
 import random
 from datetime import UTC, datetime
 
-from bridge.scheduler import MAX_START_SPREAD, PollFunc, Scheduler, first_run
-from bridge.source import SourceSpec
+from bridge.polling.scheduler import MAX_START_SPREAD, PollFunc, Scheduler, first_run
+from bridge.sources.base import SourceSpec
 
 
 def spec(name: str = "s", every: float | None = 60.0, cron: str | None = None, jitter=6.0):
@@ -143,7 +143,7 @@ async def test_a_poll_that_raises_does_not_stop_its_lane(caplog) -> None:
 def test_each_bundled_kind_names_the_host_it_polls(tmp_path) -> None:
     # the daemon's lanes: one per host, as the HTTP client's per-host limit counts requests
     from bridge.config import load_config
-    from bridge.engine import make_sources
+    from bridge.polling.engine import make_sources
 
     path = tmp_path / "bridge.yaml"
     path.write_text(

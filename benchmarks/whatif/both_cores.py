@@ -39,9 +39,9 @@ def once(config_path: str, mode: str) -> None:
     """One `once`-like run in this process (and its children); prints its figures."""
     started, cpu = time.perf_counter(), time.process_time()
     from bridge.config import load_config
-    from bridge.engine import Engine
     from bridge.http import HttpClient
-    from bridge.store import Store
+    from bridge.polling.engine import Engine
+    from bridge.state.sqlite.store import Store
 
     config = load_config(config_path, os.environ)
     names = [s.name for s in config.sources]

@@ -1,0 +1,1 @@
+"""The `bridge` command: click commands, thin clients of the layers below."""

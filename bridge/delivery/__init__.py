@@ -1,0 +1,1 @@
+"""Delivering: signing, the retry policy, body templates, and the webhook workers."""

@@ -1,0 +1,1 @@
+"""Polling: a source end to end (engine), what an answer means (assess, diff), and when."""

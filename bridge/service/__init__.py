@@ -1,0 +1,1 @@
+"""The daemon and what it serves: /healthz, /metrics, logs."""

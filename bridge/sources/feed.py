@@ -1,0 +1,150 @@
+"""The RSS/Atom source: one item per feed entry, keyed by its id (guid), else its link."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import time
+from dataclasses import replace
+from typing import Any
+
+import feedparser
+
+from bridge.errors import SourceError
+from bridge.http import HttpClient, host_key
+from bridge.sources._common import (
+    AUTH_OPTION,
+    basic_auth,
+    body_hash,
+    check_auth,
+    check_http_url,
+    request_headers,
+)
+from bridge.sources.base import Fetched, FetchState, Option, Source
+
+# The entry fields an item holds; `id` is the entry's id/guid.
+FIELDS = ("id", "title", "link", "published", "updated", "summary", "author")
+# What identifies an entry, best first: key_expr is these joined with ||.
+KEY_FIELDS = ("id", "link", "title", "summary")
+
+# feedparser sets `bozo` for these although the document parsed as the feed it is: a server that
+# labels its feed text/html, or an encoding declaration the bytes contradict.
+_BENIGN_BOZO = (feedparser.CharacterEncodingOverride, feedparser.NonXMLContentType)
+
+
+class FeedSource(Source):
+    """Polls an RSS 0.9x/1.0/2.0 or Atom feed."""
+
+    kind = "feed"
+    options = {
+        "url": Option("str", required=True, help="the feed's URL"),
+        "headers": Option("mapping", default={}),
+        "auth": AUTH_OPTION,
+    }
+    # Entries leave a feed's window all the time; that is not news.
+    default_on = frozenset({"added", "changed"})
+
+    @classmethod
+    def check(cls, options: Any) -> list[tuple[str, str]]:
+        """The URL must be http(s); auth must be exactly one of bearer or basic."""
+        problems = check_auth(options.get("auth"))
+        if (problem := check_http_url(options.get("url"))) is not None:
+            problems.append(("url", problem))
+        return problems
+
+    @functools.cached_property
+    def host(self) -> str | None:
+        """The host polled (the configured URL's; a redirect is not followed here)."""
+        return host_key(self.spec.options["url"])
+
+    @property
+    def items_expr(self) -> str | None:
+        """Each page is the list of entries."""
+        return "@"
+
+    @property
+    def key_expr(self) -> str | None:
+        """The entry's id or guid; a link when it has none (then title, then summary)."""
+        return " || ".join(KEY_FIELDS)
+
+    async def fetch(self, http: HttpClient, state: FetchState) -> Fetched:
+        """GET the feed conditionally; an identical body is unchanged without parsing."""
+        opts = self.spec.options
+        url = state.url or opts["url"]
+        pages = await http.fetch_pages(
+            "GET",
+            url,
+            headers=request_headers(opts),
+            auth=basic_auth(opts),
+            etag=state.etag,
+            last_modified=state.last_modified,
+            timeout=self.spec.timeout,
+            max_bytes=self.spec.max_bytes,
+        )
+        if pages.not_modified:
+            return Fetched(
+                unchanged=True,
+                state=replace(state, etag=pages.etag, last_modified=pages.last_modified),
+            )
+        digest = body_hash(pages.bodies)
+        new_state = replace(
+            state, etag=pages.etag, last_modified=pages.last_modified, body_hash=digest
+        )
+        if digest == state.body_hash:
+            return Fetched(unchanged=True, state=new_state)
+        first = pages.first
+        # feedparser is pure Python and sanitizes every entry's HTML: a few hundred kilobytes
+        # take a good part of a second, which the event loop's other polls should not wait out.
+        entries = await asyncio.to_thread(
+            parse_feed, pages.bodies[0], first.url, first.headers.get("Content-Type", "")
+        )
+        return Fetched(unchanged=False, state=new_state, pages=[entries])
+
+
+def parse_feed(body: bytes, url: str, content_type: str = "") -> list[dict[str, Any]]:
+    """The items of a feed document; SourceError when it is not a feed or is broken and empty."""
+    # A stream, never the bytes themselves: feedparser tries a bytes argument as a file name
+    # first, and a hostile server could answer with the path of a local file.
+    parsed = feedparser.parse(
+        io.BytesIO(body),
+        response_headers={"content-location": url, "content-type": content_type},
+    )
+    entries = parsed.get("entries") or []
+    if not parsed.get("version"):
+        # Not an <rss>, <rdf:RDF> or <feed> document: HTML, JSON, an error page.
+        problem = _bozo(parsed)
+        detail = f" ({problem})" if problem else ""
+        raise SourceError(f"{url} is not an RSS or Atom feed{detail}")
+    problem = _bozo(parsed)
+    if not entries and problem:
+        raise SourceError(f"malformed feed from {url}: {problem}")
+    items = [_item(entry) for entry in entries]
+    for i, item in enumerate(items):
+        if not any(item[name] for name in KEY_FIELDS):
+            # A broken document's recovery can yield an empty entry (a truncated <item>).
+            cause = f"malformed feed from {url} ({problem})" if problem else f"feed at {url}"
+            raise SourceError(f"{cause}: entry {i} has no id, link, title or summary")
+    return items
+
+
+def _bozo(parsed: Any) -> str | None:
+    """feedparser's complaint about the document, unless it is a harmless one."""
+    if not parsed.get("bozo"):
+        return None
+    exc = parsed.get("bozo_exception")
+    if isinstance(exc, _BENIGN_BOZO):
+        return None
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _item(entry: Any) -> dict[str, Any]:
+    # dict.get, not entry.get: feedparser's own get maps a missing `updated` to `published`
+    # with a DeprecationWarning, and the item must say what the feed says.
+    raw = dict(entry)
+    item = {name: raw.get(name) for name in FIELDS}
+    for name in ("published", "updated"):
+        parsed = raw.get(f"{name}_parsed")
+        if parsed:
+            item[name] = time.strftime("%Y-%m-%dT%H:%M:%SZ", parsed)
+    return item

@@ -1,0 +1,1 @@
+"""The SQLite backend: one state file (WAL), its schema, queries and single-daemon lock."""
