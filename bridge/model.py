@@ -1,15 +1,82 @@
-"""What the store reads and writes, as plain objects: a source's row, a poll's commit, events,
-deliveries and attempts; and a source row to and from its column values."""
+"""The plain objects every layer shares: a source's spec and fetch state, a poll's commit,
+events, deliveries and finished attempts. No SQL and no I/O here: only data and its statuses."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-import orjson
+# What one poll came to: "new" is the first (baseline) poll of a source.
+PollOutcome = Literal["new", "changed", "unchanged", "error"]
+# Where a delivery stands: waiting (or being sent), done after a 2xx, or given up.
+DeliveryStatus = Literal["pending", "delivered", "dead"]
+ChangeKind = Literal["added", "changed", "removed"]
 
-from bridge.sources.base import FetchState
+CHANGE_KINDS = frozenset({"added", "changed", "removed"})
+
+# Option types understood by the config loader; plugins declare their options with these.
+OPTION_TYPES = frozenset(
+    {"str", "int", "bool", "duration", "size", "mapping", "list", "choice", "any"}
+)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One plugin option: its type, whether it is required, its default, and if it is a secret."""
+
+    type: str = "str"
+    required: bool = False
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    secret: bool = False
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A validated source entry: common options resolved, plugin options in `options`."""
+
+    name: str
+    kind: str
+    every: float | None  # seconds; None when `cron` is set
+    cron: str | None
+    jitter: float  # seconds of spread around each scheduled poll
+    timeout: float
+    on: frozenset[str] | None  # None: the plugin's default_on
+    on_first_poll: str  # "baseline" | "emit"
+    alert_after: int | None
+    max_bytes: int
+    webhooks: tuple[str, ...]
+    ignore: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    file: str = ""
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class FetchState:
+    """What a source remembers between polls: validators, the last body hash, plugin extras."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+    body_hash: str | None = None
+    url: str | None = None  # a permanent redirect's target, used instead of the configured URL
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The outcome of one successful fetch.
+
+    `unchanged` means a 304 or an identical body: `pages` is then empty and nothing is parsed.
+    `complete` is False when paging stopped early with pages left, so absent items are not removed.
+    """
+
+    unchanged: bool
+    state: FetchState
+    pages: list[Any] = field(default_factory=list)
+    complete: bool = True
 
 
 @dataclass
@@ -53,7 +120,7 @@ class PollCommit:
     """Everything one poll writes: the source row, snapshot changes, events. One transaction."""
 
     row: SourceRow
-    result: str  # new | changed | unchanged | error | baseline
+    result: PollOutcome
     duration: float
     upserts: list[tuple[str, str, bytes]] = field(default_factory=list)  # key, hash, content
     deletes: list[str] = field(default_factory=list)
@@ -66,7 +133,7 @@ class Finished:
     """The outcome of one delivery attempt, to record: delivered, pending again, or dead."""
 
     delivery_id: int
-    status: str
+    status: DeliveryStatus
     at: float
     duration: float
     http_status: int | None
@@ -84,55 +151,3 @@ class Delivery:
     source: str
     attempts: int
     body: bytes
-
-
-def row_values(row: SourceRow) -> tuple[Any, ...]:
-    """A source row as the values of SOURCE_COLUMNS, in order."""
-    fs = row.fetch_state
-    return (
-        row.name,
-        fs.etag,
-        fs.last_modified,
-        fs.body_hash,
-        fs.url,
-        orjson.dumps(dict(fs.extra)) if fs.extra else None,
-        int(row.baselined),
-        row.last_poll_at,
-        row.last_result,
-        row.last_error,
-        row.last_change_at,
-        row.next_poll_at,
-        row.failures,
-        row.failing_since,
-        int(row.alerted),
-    )
-
-
-# The sources table's columns, in the order of row_values() and row_from().
-SOURCE_COLUMNS = (
-    "name, etag, last_modified, body_hash, url, extra, baselined, last_poll_at, last_result, "
-    "last_error, last_change_at, next_poll_at, failures, failing_since, alerted"
-)
-
-
-def row_from(r: Sequence[Any]) -> SourceRow:
-    """A source row from the values of SOURCE_COLUMNS, in order."""
-    return SourceRow(
-        name=r[0],
-        fetch_state=FetchState(
-            etag=r[1],
-            last_modified=r[2],
-            body_hash=r[3],
-            url=r[4],
-            extra=orjson.loads(r[5]) if r[5] else {},
-        ),
-        baselined=bool(r[6]),
-        last_poll_at=r[7],
-        last_result=r[8],
-        last_error=r[9],
-        last_change_at=r[10],
-        next_poll_at=r[11],
-        failures=r[12],
-        failing_since=r[13],
-        alerted=bool(r[14]),
-    )

@@ -6,8 +6,8 @@ import asyncio
 import random
 from datetime import UTC, datetime
 
+from bridge.model import SourceSpec
 from bridge.polling.scheduler import MAX_START_SPREAD, PollFunc, Scheduler, first_run
-from bridge.sources.base import SourceSpec
 
 
 def spec(name: str = "s", every: float | None = 60.0, cron: str | None = None, jitter=6.0):

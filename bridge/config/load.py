@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.config.units import (
     check_jmespath,
@@ -23,8 +23,11 @@ from bridge.config.units import (
 from bridge.config.values import ValueReader, suggest
 from bridge.config.yamldoc import Doc, KeyPath
 from bridge.errors import ConfigError
+from bridge.model import CHANGE_KINDS, Option, SourceSpec
 from bridge.sources import registry
-from bridge.sources.base import CHANGE_KINDS, Option, Source, SourceSpec
+
+if TYPE_CHECKING:  # the plugin API imports the HTTP client: `bridge --help` needs neither
+    from bridge.sources.base import Source
 
 TOP_KEYS = ("state", "retention", "grace", "http", "defaults", "webhooks", "sources")
 HTTP_KEYS = ("listen", "per_host")

@@ -20,7 +20,7 @@ from bridge.config import WebhookSpec
 from bridge.errors import BridgeError, DeliveryError
 from bridge.http import HttpClient
 from bridge.http.headers import parse_retry_after
-from bridge.model import Delivery, Finished
+from bridge.model import Delivery, DeliveryStatus, Finished
 from bridge.state.sqlite.store import Store
 
 log = logging.getLogger("bridge.delivery.worker")
@@ -70,7 +70,7 @@ def request_headers(spec: WebhookSpec, msg_id: str, body: bytes, now: float) -> 
 class Outcome:
     """What one attempt leads to: delivered, pending again (with when), or dead."""
 
-    status: str
+    status: DeliveryStatus
     http_status: int | None
     error: str | None
     next_attempt_at: float | None = None

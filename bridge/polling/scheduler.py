@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bridge.config.units import cron_to_apscheduler
-from bridge.sources.base import SourceSpec
+from bridge.model import SourceSpec
 
 log = logging.getLogger("bridge.polling.scheduler")
 

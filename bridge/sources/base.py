@@ -1,79 +1,33 @@
-"""The plugin contract between the engine and a source kind: Source, Option, FetchState, Fetched."""
+"""The plugin API: everything a source kind (bundled or third-party) imports, in one module.
+
+A plugin subclasses `Source`, declares its `options` with `Option`, and implements `fetch`
+with the `HttpClient` it is given; it registers itself in the `bridge.sources` entry point group.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-if TYPE_CHECKING:
-    from bridge.http import HttpClient
+from bridge.errors import SourceError
+from bridge.http import HttpClient, Response, host_key, parse_retry_after
+from bridge.model import CHANGE_KINDS, OPTION_TYPES, Fetched, FetchState, Option, SourceSpec
 
-CHANGE_KINDS = frozenset({"added", "changed", "removed"})
-
-# Option types understood by the config loader; plugins declare their options with these.
-OPTION_TYPES = frozenset(
-    {"str", "int", "bool", "duration", "size", "mapping", "list", "choice", "any"}
-)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One plugin option: its type, whether it is required, its default, and if it is a secret."""
-
-    type: str = "str"
-    required: bool = False
-    default: Any = None
-    choices: tuple[str, ...] = ()
-    secret: bool = False
-    help: str = ""
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """A validated source entry: common options resolved, plugin options in `options`."""
-
-    name: str
-    kind: str
-    every: float | None  # seconds; None when `cron` is set
-    cron: str | None
-    jitter: float  # seconds of spread around each scheduled poll
-    timeout: float
-    on: frozenset[str] | None  # None: the plugin's default_on
-    on_first_poll: str  # "baseline" | "emit"
-    alert_after: int | None
-    max_bytes: int
-    webhooks: tuple[str, ...]
-    ignore: tuple[str, ...]
-    options: Mapping[str, Any] = field(default_factory=dict)
-    file: str = ""
-    line: int | None = None
-
-
-@dataclass(frozen=True)
-class FetchState:
-    """What a source remembers between polls: validators, the last body hash, plugin extras."""
-
-    etag: str | None = None
-    last_modified: str | None = None
-    body_hash: str | None = None
-    url: str | None = None  # a permanent redirect's target, used instead of the configured URL
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """The outcome of one successful fetch.
-
-    `unchanged` means a 304 or an identical body: `pages` is then empty and nothing is parsed.
-    `complete` is False when paging stopped early with pages left, so absent items are not removed.
-    """
-
-    unchanged: bool
-    state: FetchState
-    pages: list[Any] = field(default_factory=list)
-    complete: bool = True
+__all__ = [
+    "CHANGE_KINDS",
+    "OPTION_TYPES",
+    "Fetched",
+    "FetchState",
+    "HttpClient",
+    "Option",
+    "Response",
+    "Source",
+    "SourceError",
+    "SourceSpec",
+    "host_key",
+    "parse_retry_after",
+]
 
 
 class Source(ABC):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from functools import cache
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from bridge.errors import ConfigError
-from bridge.sources.base import Source
+
+if TYPE_CHECKING:  # imported on first load(): it brings in the HTTP client
+    from bridge.sources.base import Source
 
 GROUP = "bridge.sources"
 
@@ -20,6 +23,8 @@ def known_kinds() -> tuple[str, ...]:
 @cache
 def load(kind: str) -> type[Source]:
     """The Source class registered under `kind`; ConfigError listing the known kinds if none."""
+    from bridge.sources.base import Source
+
     matches = [ep for ep in entry_points(group=GROUP) if ep.name == kind]
     if not matches:
         known = ", ".join(known_kinds()) or "none installed"

@@ -15,16 +15,9 @@ from typing import Any
 
 import orjson
 
-from bridge.model import (
-    SOURCE_COLUMNS,
-    Delivery,
-    Finished,
-    PollCommit,
-    SourceRow,
-    row_from,
-    row_values,
-)
+from bridge.model import Delivery, Finished, PollCommit, SourceRow
 from bridge.state.sqlite.records import Records, chunks
+from bridge.state.sqlite.rows import SOURCE_COLUMNS, row_from, row_values
 
 # An upsert updates the row in place: a third of the cost of INSERT OR REPLACE's delete and insert.
 _UPSERT_SOURCE = (
