@@ -126,6 +126,7 @@ class PollCommit:
     deletes: list[str] = field(default_factory=list)
     events: list[NewEvent] = field(default_factory=list)
     history: bool = True  # whether to keep a polls row (unchanged polls are not kept)
+    lease: int | None = None  # the poll lease it ran under, which fences its commit
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,10 @@ import pytest
 from aiohttp import web
 
 from bridge.config import load_config
+from bridge.delivery.dispatcher import Dispatcher
 from bridge.http import HttpClient
 from bridge.polling.engine import Engine
-from bridge.state.sqlite.store import Store
+from bridge.state import State, open_state
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -256,13 +257,33 @@ async def async_wait_for(
     raise AssertionError("condition not met in time")
 
 
+class Pipeline:
+    """An engine and a dispatcher over one real state and HTTP client, wired as `bridge once`
+    wires them: the engine polls, the dispatcher delivers what the polls committed."""
+
+    def __init__(self, engine: Engine, dispatcher: Dispatcher, state: State):
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.state = state
+        self.poll = engine.poll
+        self.poll_many = engine.poll_many
+        self.flush = engine.flush
+        self.deliver_due = dispatcher.deliver_due
+        self.workers = dispatcher.workers
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)  # the engine's config, sources and caches
+
+
 @contextlib.asynccontextmanager
-async def engine_for(path: Path) -> AsyncIterator[Engine]:
-    """An Engine over a real state file and HTTP client, for the config at `path`."""
+async def engine_for(path: Path, *, busy_timeout: float = 5.0) -> AsyncIterator[Pipeline]:
+    """A Pipeline over a real state file and HTTP client, for the config at `path`."""
     config = load_config(path, {})
-    store = Store(config.state)
+    state = open_state(config.state, busy_timeout=busy_timeout)
     try:
         async with HttpClient(per_host=config.per_host) as http:
-            yield Engine(config, store, http, out=io.StringIO())
+            dispatcher = Dispatcher(config.webhooks, state.outbox, http, out=io.StringIO())
+            engine = Engine(config, state, http, committed=dispatcher.wake)
+            yield Pipeline(engine, dispatcher, state)
     finally:
-        store.close()
+        state.close()

@@ -267,7 +267,7 @@ def test_discard_takes_only_pending_deliveries_and_an_attempt_in_flight_still_en
     write_config, origin, receiver
 ) -> None:
     from bridge.model import Finished
-    from bridge.state.sqlite.store import Store
+    from bridge.state import open_state
 
     text = CONFIG.format(hook=receiver.url(), origin=origin.url("/items"))
     path = write_config(text.replace("retry: [50ms]", "retry: [1h]"))
@@ -281,16 +281,16 @@ def test_discard_takes_only_pending_deliveries_and_an_attempt_in_flight_still_en
     origin.set("/items", [{"id": 1, "v": 2}, {"id": 2, "v": 3}, {"id": 3, "v": 1}])
     receiver.answer(500, 500, 500)
     run_cli("once", "-c", str(path), env=ENV)  # three events: refused, each due again in 1 h
-    store = Store(path.parent / "state.db")
+    state = open_state(str(path.parent / "state.db"))
     try:
         # A running sender holds one of them (a lease, as `bridge run` takes one to send it;
         # one per source at a time).
         later = time.time() + 7200
-        [first] = store.claim_due("hook", later, 2, 60.0, set())
-        before = {d["id"]: d for d in store.deliveries()}
+        [first] = state.outbox.claim_due("hook", later, 2, 60.0)
+        before = {d["id"]: d for d in state.admin.deliveries()}
         second = max(i for i, d in before.items() if d["status"] == "pending" and i != first.id)
     finally:
-        store.close()
+        state.close()
     assert sorted(d["status"] for d in before.values()) == ["dead", "delivered", *["pending"] * 3]
 
     result = run_cli("discard", "-c", str(path), "--source", "api", env=ENV)
@@ -299,23 +299,23 @@ def test_discard_takes_only_pending_deliveries_and_an_attempt_in_flight_still_en
         "discarded 3 deliveries; `bridge deliveries --status dead` lists them; 1 delivery "
         "being sent at this moment will count as delivered if that attempt succeeds"
     )
-    store = Store(path.parent / "state.db")
+    state = open_state(str(path.parent / "state.db"))
     try:
-        after = {d["id"]: d for d in store.deliveries()}
+        after = {d["id"]: d for d in state.admin.deliveries()}
         for id_, row in before.items():  # what was not pending is as it was
             if row["status"] != "pending":
                 assert after[id_] == row
         assert [d["last_error"] for d in after.values() if d["status"] == "pending"] == []
         # Attempts in flight end: one refused (it stays discarded), one delivered (it counts).
-        store.finish_attempts(
+        state.outbox.finish_attempts(
             [
                 Finished(first.id, "pending", later, 0.1, 500, "HTTP 500", later + 3600),
                 Finished(second, "delivered", later, 0.1, 204, None, None),
             ]
         )
-        ended = {d["id"]: d for d in store.deliveries()}
+        ended = {d["id"]: d for d in state.admin.deliveries()}
     finally:
-        store.close()
+        state.close()
     assert ended[first.id]["status"] == "dead"
     assert ended[first.id]["last_error"] == "discarded (bridge discard)"
     assert ended[second]["status"] == "delivered"

@@ -92,7 +92,7 @@ def test_full_example_loads(tmp_path: Path) -> None:
         env={"OPS_WEBHOOK_SECRET": SECRET, "STATUS_TOKEN": "tok-123"},
     )
     assert config.path == (tmp_path / "bridge.yaml").resolve()
-    assert config.state == (tmp_path / "data" / "bridge.db").resolve()
+    assert config.state == str((tmp_path / "data" / "bridge.db").resolve())
     assert config.retention == 7 * 86400
     assert config.grace == 30
     assert config.listen == ("127.0.0.1", 9464)
@@ -129,7 +129,7 @@ def test_builtin_defaults(tmp_path: Path) -> None:
     assert (src.every, src.cron, src.jitter, src.timeout) == (300, None, 30, 10)
     assert (src.on, src.on_first_poll, src.alert_after) == (None, "baseline", None)
     assert (src.max_bytes, src.webhooks, src.ignore) == (10 * 1024 * 1024, (), ())
-    assert config.state == (tmp_path / "bridge.db").resolve()
+    assert config.state == str((tmp_path / "bridge.db").resolve())
     assert config.listen is None and config.per_host == 4
     assert (config.retention, config.grace) == (30 * 86400, 10)
 
@@ -280,10 +280,10 @@ def test_state_path_relative_to_config_file(
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path / "conf", "state: ../var/state.db\n")
     config = load_config(Path("conf") / "bridge.yaml", env={})
-    assert config.state == (tmp_path / "var" / "state.db").resolve()
+    assert config.state == str((tmp_path / "var" / "state.db").resolve())
     assert config.path == path.resolve()
     absolute = tmp_path / "abs.db"
-    assert load(tmp_path, f"state: {absolute}\n").state == absolute.resolve()
+    assert load(tmp_path, f"state: {absolute}\n").state == str(absolute.resolve())
 
 
 def test_env_interpolation_and_defaults(tmp_path: Path) -> None:
@@ -301,7 +301,7 @@ def test_env_interpolation_and_defaults(tmp_path: Path) -> None:
         env={"NAME": "svc", "HOST": "api.example", "ALERTS": "3", "EVERY": ""},
     )
     (src,) = config.sources
-    assert config.state == Path("/tmp/x/bridge.db").resolve()
+    assert config.state == str(Path("/tmp/x/bridge.db").resolve())
     assert (src.name, src.options["url"]) == ("svc", "https://api.example/api")
     assert (src.every, src.timeout, src.alert_after) == (60, 5, 3)  # an empty value takes :-
     assert src.options["max_pages"] == 4

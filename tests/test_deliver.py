@@ -14,9 +14,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from bridge.config import WebhookSpec
-from bridge.delivery.worker import decide, secret_key, sign
+from bridge.delivery.policy import decide
+from bridge.delivery.signing import secret_key, sign
 from bridge.polling.engine import Engine
-from bridge.state.sqlite import connection as statefile
 from tests.conftest import SECRET, Origin, Receiver, async_wait_for, engine_for
 
 SECOND_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
@@ -51,7 +51,7 @@ async def deliver_until_settled(engine: Engine, rounds: int = 20) -> None:
     """Run `once`-style drains until nothing is pending (retries are 50 ms apart)."""
     for _ in range(rounds):
         await engine.deliver_due()
-        if not engine.store.deliveries(status="pending"):
+        if not engine.state.admin.deliveries(status="pending"):
             return
         await asyncio.sleep(0.06)
 
@@ -102,7 +102,7 @@ async def test_retries_keep_the_webhook_id(origin, receiver, write_config) -> No
     async with engine_for(path) as engine:
         await engine.poll("api")
         await deliver_until_settled(engine)
-        [delivery] = engine.store.deliveries()
+        [delivery] = engine.state.admin.deliveries()
     assert len(receiver.received) == 3
     assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
     assert delivery["status"] == "delivered" and delivery["attempts"] == 3
@@ -117,12 +117,12 @@ async def test_spent_schedule_is_dead_then_replay_delivers(origin, receiver, wri
     async with engine_for(path) as engine:
         await engine.poll("api")
         await deliver_until_settled(engine)
-        [dead] = engine.store.deliveries(status="dead")
+        [dead] = engine.state.admin.deliveries(status="dead")
         assert dead["attempts"] == 3 and dead["last_error"] == "HTTP 500"
-        assert engine.store.requeue(time.time(), dead=True) == 1
+        assert engine.state.admin.requeue(time.time(), dead=True) == 1
         await engine.deliver_due()
-        [delivered] = engine.store.deliveries(status="delivered")
-        attempts = engine.store.attempts(delivered["id"])
+        [delivered] = engine.state.admin.deliveries(status="delivered")
+        attempts = engine.state.admin.attempts(delivered["id"])
     assert [a["status"] for a in attempts] == [500, 500, 500, 204]
     assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
 
@@ -134,15 +134,15 @@ async def test_discard_and_replay_take_more_event_ids_than_one_statement(
     path = write(write_config, origin, receiver)
     async with engine_for(path) as engine:
         await engine.poll("api")  # 1,200 item.added, pending, nothing sent yet
-        ids = [e["id"] for e in engine.store.events(limit=2000)]
+        ids = [e["id"] for e in engine.state.admin.events(limit=2000)]
         # SQLite's own cap (32,766 variables) made small, so that 1,200 ids are over it.
-        engine.store.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 600)
+        engine.state.database.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 600)
         assert len(ids) == 1200
-        assert engine.store.discard(time.time(), event_ids=ids[:1100]) == (1100, 0)
-        counts = engine.store.delivery_counts()["hook"]
+        assert engine.state.admin.discard(time.time(), event_ids=ids[:1100]) == (1100, 0)
+        counts = engine.state.admin.delivery_counts()["hook"]
         assert (counts["dead"], counts["pending"]) == (1100, 100)
-        assert engine.store.requeue(time.time(), event_ids=ids, dead=True) == 1100
-        assert engine.store.delivery_counts()["hook"]["pending"] == 1200
+        assert engine.state.admin.requeue(time.time(), event_ids=ids, dead=True) == 1100
+        assert engine.state.admin.delivery_counts()["hook"]["pending"] == 1200
     assert receiver.received == []
 
 
@@ -153,7 +153,7 @@ async def test_410_is_dead_at_once(origin, receiver, write_config) -> None:
     async with engine_for(path) as engine:
         await engine.poll("api")
         await deliver_until_settled(engine)
-        [dead] = engine.store.deliveries(status="dead")
+        [dead] = engine.state.admin.deliveries(status="dead")
     assert dead["attempts"] == 1 and len(receiver.received) == 1
 
 
@@ -164,7 +164,7 @@ async def test_a_redirect_is_a_failure_not_followed(origin, receiver, write_conf
     async with engine_for(path) as engine:
         await engine.poll("api")
         await engine.deliver_due()
-        [pending] = engine.store.deliveries(status="pending")
+        [pending] = engine.state.admin.deliveries(status="pending")
     assert pending["last_status"] == 302
     assert len(receiver.received) == 1  # /elsewhere was never requested
 
@@ -177,7 +177,7 @@ async def test_retry_after_is_honoured(status: int, origin, receiver, write_conf
     async with engine_for(path) as engine:
         await engine.poll("api")
         await engine.deliver_due()
-        [pending] = engine.store.deliveries(status="pending")
+        [pending] = engine.state.admin.deliveries(status="pending")
     wait = pending["next_attempt_at"] - time.time()
     assert 110 < wait <= 121  # not the 50 ms of the schedule
 
@@ -261,15 +261,12 @@ async def test_a_hung_endpoint_does_not_delay_another(origin, receiver, write_co
         origin.set("/items", [{"id": 1}])
         async with engine_for(path) as engine:
             await engine.poll("api")
-            tasks = engine.start_workers()
+            engine.dispatcher.start()
             started = time.monotonic()
             await async_wait_for(lambda: len(receiver.received) == 1, timeout=5)
             fast_took = time.monotonic() - started
             await async_wait_for(lambda: len(slow.received) == 1, timeout=5)
-            await engine.stop_workers(grace=1)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await engine.dispatcher.stop(grace=1)
         assert fast_took < 1.0
     finally:
         slow.server.stop()
@@ -292,7 +289,7 @@ async def test_templated_body_is_sent_signed(origin, receiver, write_config) -> 
     async with engine_for(path) as engine:
         await engine.poll("api")
         await engine.deliver_due()
-        [stored] = engine.store.events()
+        [stored] = engine.state.admin.events()
     [got] = receiver.received
     assert Webhook(SECRET).verify(got.body, got.headers) == {
         "text": "api: item.added v1.0",
@@ -314,7 +311,7 @@ async def test_stdout_webhook_prints_json_lines(origin, write_config) -> None:
         engine.workers["hook"].out = out
         [event] = (await engine.poll("api")).events
         await engine.deliver_due()
-        assert engine.store.deliveries()[0]["status"] == "delivered"
+        assert engine.state.admin.deliveries()[0]["status"] == "delivered"
     import orjson
 
     assert [orjson.loads(line) for line in out.getvalue().splitlines()] == [event]
@@ -329,14 +326,13 @@ def test_secret_without_base64_padding_works() -> None:
 async def test_a_worker_survives_a_locked_state_file(
     origin, receiver, write_config, monkeypatch
 ) -> None:
-    monkeypatch.setattr(statefile, "busy_timeout", 0.2)
     origin.set("/items", [{"id": 1}])
     path = write(write_config, origin, receiver)
-    async with engine_for(path) as engine:
+    async with engine_for(path, busy_timeout=0.2) as engine:
         await engine.poll("api")
-        holder = sqlite3.connect(engine.store.path, isolation_level=None)
+        holder = sqlite3.connect(engine.state.location, isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")
-        tasks = engine.start_workers()
+        engine.dispatcher.start()
         try:
             await asyncio.sleep(0.8)  # the worker's claims fail while the file is held
             assert receiver.received == []
@@ -344,7 +340,4 @@ async def test_a_worker_survives_a_locked_state_file(
             await async_wait_for(lambda: len(receiver.received) == 1, timeout=5)
         finally:
             holder.close()
-            await engine.stop_workers(grace=1)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await engine.dispatcher.stop(grace=1)

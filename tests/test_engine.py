@@ -64,7 +64,7 @@ async def test_item_added_changed_removed(origin: Origin, write_config) -> None:
         assert by_type["item.changed"]["timestamp"].endswith("Z")
 
         # The events are in the outbox, one delivery each for the source's webhook.
-        assert [d["status"] for d in engine.store.deliveries()] == ["pending"] * 3
+        assert [d["status"] for d in engine.state.admin.deliveries()] == ["pending"] * 3
 
 
 async def test_document_changed_without_items(origin: Origin, write_config) -> None:
@@ -118,7 +118,7 @@ async def test_on_filters_the_kinds_sent_but_the_snapshot_follows(origin, write_
         origin.set("/c", items((1, "down"), (3, "ok")))
         result = await engine.poll("api")
         assert [e["type"] for e in result.events] == ["item.added"]
-        assert set(engine.store.item_hashes("api")) == {"1", "3"}
+        assert set(engine.state.snapshots.item_hashes("api")) == {"1", "3"}
 
 
 async def test_key_absent_uses_content(origin: Origin, write_config) -> None:
@@ -139,7 +139,7 @@ async def test_conditional_request_and_304(origin: Origin, write_config) -> None
         await engine.poll("api")
         result = await engine.poll("api")
         engine.flush()
-        row = engine.store.source_row("api")
+        row = engine.state.snapshots.source_row("api")
     assert result.result == "unchanged"
     first, second = origin.hits("/c")
     assert "If-None-Match" not in first
@@ -158,17 +158,17 @@ async def test_unchanged_polls_write_their_times_and_a_lost_row_comes_back_whole
     async with engine_for(path) as engine:
         await engine.poll("api")
         engine.flush()
-        first = engine.store.source_row("api")
+        first = engine.state.snapshots.source_row("api")
         await engine.poll("api", next_poll_at=first.last_poll_at + 60)  # a 304: times only
         engine.flush()
-        touched = engine.store.source_row("api")
+        touched = engine.state.snapshots.source_row("api")
         # another process removed the row (as a state file restored from a backup might)
         other = sqlite3.connect(path.parent / "state.db", isolation_level=None)
         other.execute("DELETE FROM sources WHERE name = 'api'")
         other.close()
         await engine.poll("api")
         engine.flush()
-        rewritten = engine.store.source_row("api")
+        rewritten = engine.state.snapshots.source_row("api")
     assert touched.last_poll_at > first.last_poll_at
     assert touched.next_poll_at == first.last_poll_at + 60
     assert touched.fetch_state == first.fetch_state and touched.baselined
@@ -188,12 +188,12 @@ async def test_a_recovery_is_written_whole_when_a_quicker_unchanged_poll_follows
         origin.set("/c", body=b"{}", status=500)
         await engine.poll("api")
         engine.flush()
-        failing = engine.store.source_row("api")
+        failing = engine.state.snapshots.source_row("api")
         origin.set("/c", items((1, "ok")))
         recovered = await engine.poll("api")
         again = await engine.poll("api", next_poll_at=12345.0)
         engine.flush()
-        row = engine.store.source_row("api")
+        row = engine.state.snapshots.source_row("api")
     assert failing.failures == 1 and failing.last_error is not None
     assert (recovered.result, again.result) == ("unchanged", "unchanged")
     assert row.failures == 0 and row.failing_since is None and row.last_error is None
@@ -218,11 +218,11 @@ async def test_unchanged_polls_keep_no_row_until_written(
     async with cached_rows_engine(origin, write_config, monkeypatch) as engine:
         await engine.poll("api", next_poll_at=777.0)
         held = engine._touched["api"]
-        assert not engine._buffer and held[1:] == (777.0, "unchanged")
+        assert not engine._buffer and held[1:3] == (777.0, "unchanged")
         engine.flush()
         assert not engine._touched
-        row = engine.store.source_row("api")
-    assert (row.last_poll_at, row.next_poll_at, row.last_result) == held
+        row = engine.state.snapshots.source_row("api")
+    assert (row.last_poll_at, row.next_poll_at, row.last_result) == held[:3]
 
 
 async def test_a_poll_changes_its_own_copy_of_the_row_and_a_dry_run_keeps_nothing(
@@ -242,7 +242,7 @@ async def test_a_poll_changes_its_own_copy_of_the_row_and_a_dry_run_keeps_nothin
         assert written.failures == 0 and written.last_error is None
         engine.flush()
         assert engine._rows is not None and engine._rows["api"].failures == 1
-        assert engine.store.source_row("api").failures == 1
+        assert engine.state.snapshots.source_row("api").failures == 1
 
 
 async def test_last_modified_is_stored_and_sent(origin: Origin, write_config) -> None:
@@ -276,13 +276,13 @@ async def test_a_failed_poll_emits_nothing_and_keeps_the_snapshot(
     path = write_config(config_text(origin.url("/c"), extra))
     async with engine_for(path) as engine:
         await engine.poll("api")
-        before = engine.store.item_hashes("api")
+        before = engine.state.snapshots.item_hashes("api")
         origin.set("/c", **FAILURES[case])  # type: ignore[arg-type]
         failed = await engine.poll("api")
         assert failed.result == "error" and failed.events == []
         assert failed.error
-        assert engine.store.item_hashes("api") == before
-        assert engine.store.deliveries() == []
+        assert engine.state.snapshots.item_hashes("api") == before
+        assert engine.state.admin.deliveries() == []
         # Recovery to the same items: still nothing, no flood of removals and additions.
         origin.set("/c", items((1, "ok"), (2, "ok")))
         recovered = await engine.poll("api")
@@ -294,7 +294,7 @@ async def test_connection_refused_is_a_failed_poll(write_config) -> None:
     async with engine_for(path) as engine:
         result = await engine.poll("api")
         engine.flush()
-        row = engine.store.source_row("api")
+        row = engine.state.snapshots.source_row("api")
     assert result.result == "error" and "127.0.0.1:9" in (result.error or "")
     assert row.failures == 1 and row.last_error == result.error
 
@@ -321,7 +321,7 @@ async def test_partial_pages_never_look_like_removals(origin: Origin, write_conf
     path = write_config(config_text(origin.url("/p1"), extra))
     async with engine_for(path) as engine:
         await engine.poll("api")
-        assert set(engine.store.item_hashes("api")) == {"1", "2", "3", "4", "5"}
+        assert set(engine.state.snapshots.item_hashes("api")) == {"1", "2", "3", "4", "5"}
     # Now only two pages may be read: item 5 is out of the window, not removed.
     path = write_config(config_text(origin.url("/p1"), extra.replace("3", "2")))
     page(1, [0, 1])  # a new item pushes the list along
@@ -357,8 +357,8 @@ async def test_dry_run_stores_nothing(origin: Origin, write_config) -> None:
         result = await engine.poll("api", dry_run=True)
         assert [e["type"] for e in result.events] == ["item.added"]
         engine.flush()
-        assert engine.store.item_hashes("api") == {}
-        assert engine.store.events() == [] and engine.store.source_rows() == {}
+        assert engine.state.snapshots.item_hashes("api") == {}
+        assert engine.state.admin.events() == [] and engine.state.snapshots.source_rows() == {}
 
 
 async def test_request_options_reach_the_origin(origin: Origin, write_config) -> None:
@@ -383,23 +383,3 @@ async def test_basic_auth_reaches_the_origin(origin: Origin, write_config) -> No
         assert (await engine.poll("api")).result == "new"
     [headers] = origin.hits("/b")
     assert headers["Authorization"] == "Basic YW5uOnMzY3JldA=="
-
-
-def test_a_state_file_of_schema_2_gains_the_host_blocks_table(tmp_path) -> None:
-    # files written by the previous release: opened, migrated in place, nothing else touched
-    from bridge.state.sqlite.connection import SCHEMA_VERSION
-    from bridge.state.sqlite.store import Store
-
-    path = tmp_path / "state.db"
-    Store(path).close()
-    with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO sources (name, etag) VALUES ('a', '\"v1\"')")
-        conn.execute("DROP TABLE host_blocks")
-        conn.execute("PRAGMA user_version = 2")
-    store = Store(path)
-    try:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-        assert store.source_rows()["a"].fetch_state.etag == '"v1"'
-        assert store.host_blocks(0.0) == {}
-    finally:
-        store.close()

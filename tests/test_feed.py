@@ -123,7 +123,7 @@ async def test_added_and_changed_are_sent_and_leaving_the_window_is_not(
         assert (await engine.poll("blog")).events == []
         server.serve(rss2(("c", "Third"), ("a", "First, revised")))  # b leaves the window
         result = await engine.poll("blog")
-        stored = engine.store.item_hashes("blog")
+        stored = engine.state.snapshots.item_hashes("blog")
     assert keys(result) == [("item.added", "c"), ("item.changed", "a")]
     changed = result.events[1]["data"]
     assert changed["changes"] == [{"op": "replace", "path": "/title", "value": "First, revised"}]
@@ -229,12 +229,12 @@ async def test_a_malformed_feed_is_a_failed_poll(
     path = write_config(config(server.url, "on: [added, changed, removed]"))
     async with engine_for(path) as engine:
         await engine.poll("blog")
-        before = engine.store.item_hashes("blog")
+        before = engine.state.snapshots.item_hashes("blog")
         server.serve(*MALFORMED[case])
         failed = await engine.poll("blog")
         assert failed.result == "error" and failed.events == []
         assert "feed" in (failed.error or ""), failed.error
-        assert engine.store.item_hashes("blog") == before
+        assert engine.state.snapshots.item_hashes("blog") == before
         server.serve(rss2(("a", "First"), ("b", "Second")))
         recovered = await engine.poll("blog")
     assert (recovered.result, recovered.events) == ("unchanged", [])
@@ -257,7 +257,7 @@ async def test_etag_and_304(server: FeedServer, write_config) -> None:
         await engine.poll("blog")
         result = await engine.poll("blog")
         engine.flush()
-        state = engine.store.source_row("blog").fetch_state
+        state = engine.state.snapshots.source_row("blog").fetch_state
     assert result.result == "unchanged"
     first, second = server.requests
     assert "If-None-Match" not in first

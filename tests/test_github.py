@@ -129,7 +129,7 @@ async def test_raw_recording_pages_too(fake: FakeGitHub, write_config) -> None:
     path = write_config(config(source("issues", fake, repo, watch="issues")))
     async with engine_for(path) as engine:
         await engine.poll("issues")
-        assert len(engine.store.item_hashes("issues")) == 13
+        assert len(engine.state.snapshots.item_hashes("issues")) == 13
 
 
 async def test_max_pages_window_is_incomplete_and_removes_nothing(
@@ -147,7 +147,7 @@ async def test_max_pages_window_is_incomplete_and_removes_nothing(
     path = write_config(config(source("issues", fake, repo, watch="issues", max_pages=2)))
     async with engine_for(path) as engine:
         result = await engine.poll("issues")
-        stored = engine.store.item_hashes("issues")
+        stored = engine.state.snapshots.item_hashes("issues")
     assert keys(result) == [("item.changed", "1000")]  # 7 issues unseen, none removed
     assert len(stored) == 13
     assert len(fake.hits("/repositories/1000/issues")) == 4 + 1
@@ -162,7 +162,7 @@ async def test_issues_leave_pull_requests_out(fake: FakeGitHub, write_config) ->
     path = write_config(config(source("issues", fake, repo, watch="issues")))
     async with engine_for(path) as engine:
         await engine.poll("issues")
-        stored = engine.store.item_hashes("issues")
+        stored = engine.state.snapshots.item_hashes("issues")
     assert len(stored) == 12 and "1000" not in stored
 
 
@@ -178,7 +178,7 @@ async def test_301_is_followed_and_remembered(fake: FakeGitHub, write_config) ->
         assert (await engine.poll("moved")).result == "new"
         second = await engine.poll("moved")
         engine.flush()
-        state = engine.store.source_row("moved").fetch_state
+        state = engine.state.snapshots.source_row("moved").fetch_state
     assert second.result == "unchanged"
     assert len(fake.hits(old)) == 1  # the second poll went straight to the new place
     first_new, second_new = fake.hits("/repositories/1000/releases")
@@ -211,7 +211,7 @@ async def test_307_is_followed_but_not_remembered(fake: FakeGitHub, write_config
         await engine.poll("moving")
         await engine.poll("moving")
         engine.flush()
-        state = engine.store.source_row("moving").fetch_state
+        state = engine.state.snapshots.source_row("moving").fetch_state
     assert len(fake.hits(f"/repos/{ORG}/moving-repository/releases")) == 2
     assert state.url is None
 

@@ -17,7 +17,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from bridge.cli.listen import Rejected, describe, listen_app, verify
-from bridge.delivery.worker import sign
+from bridge.delivery.signing import sign
 from tests.conftest import SECRET, run_cli
 
 OTHER = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"

@@ -82,13 +82,22 @@ async def test_lanes_bound_each_hosts_polls_and_run_every_one() -> None:
         scheduler.shutdown()
     assert sorted(polled) == sorted(names)  # each once
     assert most["a"] == 3 and most["b"] <= 3  # lane a had more due at once than runners
-    assert scheduler.queued == 0 and not scheduler._busy and not scheduler._runners
+    assert scheduler.queued == 0 and not scheduler._runners
 
 
-async def one_running_rest_queued(poll: PollFunc, started: list[str], count: int) -> Scheduler:
+async def one_running_rest_queued(
+    poll: PollFunc, started: list[str], count: int, dropped: list[str] | None = None
+) -> Scheduler:
     """A started scheduler with `count` sources due in one lane of one runner: one has started
-    (`poll` appends to `started` and blocks), the others wait in the lane's queue."""
-    scheduler = Scheduler(poll, lane=lambda name: "host", lane_width=1, rng=random.Random(count))
+    (`poll` appends to `started` and blocks), the others wait in the lane's queue. Polls it
+    drops (their claims to be given back) go to `dropped`."""
+    scheduler = Scheduler(
+        poll,
+        lane=lambda name: "host",
+        lane_width=1,
+        drop=(dropped if dropped is not None else []).extend,
+        rng=random.Random(count),
+    )
     scheduler.start()
     for i in range(count):
         scheduler.schedule(spec(f"s{i}", every=60.0, jitter=0.0), None)
@@ -108,13 +117,15 @@ async def test_shutdown_drops_polls_still_queued_in_a_lane() -> None:
         started.append(name)
         await release.wait()
 
-    scheduler = await one_running_rest_queued(poll, started, 5)
+    dropped: list[str] = []
+    scheduler = await one_running_rest_queued(poll, started, 5, dropped)
     scheduler.shutdown()
     assert scheduler.queued == 0
     release.set()
     await asyncio.sleep(0.05)
     assert len(started) == 1  # the four that waited never started
-    assert not scheduler._busy and not scheduler._queues
+    assert sorted(dropped) == sorted({f"s{i}" for i in range(5)} - set(started))  # given back
+    assert not scheduler._queues
 
 
 async def test_a_poll_that_raises_does_not_stop_its_lane(caplog) -> None:
@@ -162,19 +173,21 @@ def test_each_bundled_kind_names_the_host_it_polls(tmp_path) -> None:
     }
 
 
-async def test_a_cancelled_runner_leaves_no_source_stuck_as_busy() -> None:
+async def test_a_cancelled_runner_gives_back_the_polls_it_had_queued() -> None:
     started: list[str] = []
 
     async def poll(name: str) -> None:
         started.append(name)
         await asyncio.sleep(30)
 
-    scheduler = await one_running_rest_queued(poll, started, 3)
+    dropped: list[str] = []
+    scheduler = await one_running_rest_queued(poll, started, 3, dropped)
     try:
         (runner,) = scheduler._tasks
         runner.cancel()
         await asyncio.sleep(0.05)
-        # the queued two are released for their next turn, not left busy forever
-        assert scheduler.queued == 0 and not scheduler._busy and not scheduler._queues
+        # the queued two are given back for their next turn, not left claimed forever
+        assert scheduler.queued == 0 and not scheduler._queues
+        assert sorted(dropped) == sorted({"s0", "s1", "s2"} - set(started))
     finally:
         scheduler.shutdown()

@@ -14,6 +14,7 @@ from click.core import ParameterSource
 
 from bridge.config import Config, load_config
 from bridge.errors import BridgeError, ConfigError, StateError
+from bridge.state import State, open_state
 
 T = TypeVar("T")
 
@@ -75,13 +76,12 @@ def log_level_given() -> bool:
     return root.get_parameter_source("log_level") not in (None, ParameterSource.DEFAULT)
 
 
-def open_store(config: Config) -> Any:
-    """The config's state file, which must exist: commands other than once and run make none."""
-    from bridge.state.sqlite.store import Store
-
-    if not config.state.exists():
-        raise StateError(f"{config.state}: no state file yet (run `bridge once` or `bridge run`)")
-    return Store(config.state)
+def open_config_state(config: Config, *, create: bool = False) -> State:
+    """The config's state. Only `once`, `poll` and `run` `create` one: the other commands
+    refuse a missing state rather than make an empty one."""
+    root = click.get_current_context().find_root()
+    busy_timeout = float(root.params.get("busy_timeout") or 5.0)
+    return open_state(config.state, create=create, busy_timeout=busy_timeout)
 
 
 def check_source_names(config: Config, names: Iterable[str], also: Iterable[str] = ()) -> None:

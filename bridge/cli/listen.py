@@ -18,7 +18,7 @@ import click
 import orjson
 from aiohttp import web
 
-from bridge.delivery.worker import sign
+from bridge.delivery.signing import sign
 
 # The Standard Webhooks spec's replay window: an old (or far-future) timestamp is refused even
 # with a valid signature, so a captured request cannot be played again later.

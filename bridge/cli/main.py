@@ -8,7 +8,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import click
@@ -23,7 +22,7 @@ from bridge.cli.common import (
     handle_errors,
     load,
     log_level_given,
-    open_store,
+    open_config_state,
     run_async,
 )
 from bridge.cli.queue import discard, replay
@@ -31,7 +30,6 @@ from bridge.cli.tables import print_table, relative, when
 from bridge.cli.tools import demo, init, listen
 from bridge.config import Config, redacted
 from bridge.service import logs
-from bridge.state.sqlite.lock import daemon_running
 
 
 @click.group()
@@ -49,10 +47,7 @@ from bridge.state.sqlite.lock import daemon_running
 )
 def main(log_level: str, log_format: str, busy_timeout: float) -> None:
     """Turn pull-only HTTP APIs into push: poll, diff, and send signed webhooks."""
-    from bridge.state.sqlite import connection as statefile
-
-    logs.setup(log_level, log_format)
-    statefile.busy_timeout = busy_timeout
+    logs.setup(log_level, log_format)  # busy_timeout is read by open_config_state
 
 
 for _command in (replay, discard, init, listen, demo):
@@ -92,14 +87,15 @@ PROGRESS_FROM = 10
 
 
 async def _once(config: Config, names: list[str], *, quiet: bool = False) -> int:
+    from bridge.delivery.dispatcher import Dispatcher
     from bridge.http import HttpClient
     from bridge.polling.engine import Engine, PollResult
-    from bridge.state.sqlite.store import Store
 
-    store = Store(config.state)
+    state = open_config_state(config, create=True)
     try:
         async with HttpClient(per_host=config.per_host) as http:
-            engine = Engine(config, store, http)
+            dispatcher = Dispatcher(config.webhooks, state.outbox, http)
+            engine = Engine(config, state, http)
             done = errors = 0
             shown = 0.0
             show = not quiet and sys.stderr.isatty() and len(names) >= PROGRESS_FROM
@@ -118,15 +114,15 @@ async def _once(config: Config, names: list[str], *, quiet: bool = False) -> int
             results = await engine.poll_many(names, progress=progress)
             if show:
                 click.echo("\r\033[K", err=True, nl=False)  # the summary replaces the progress
-            if daemon_running(config.state):
+            if state.coordination.daemon_running():
                 if not quiet:
                     click.echo(
                         "bridge: a `bridge run` is using this state file; it delivers", err=True
                     )
             else:
-                await engine.deliver_due()
+                await dispatcher.deliver_due()
     finally:
-        store.close()
+        state.close()
     failed = [r for r in results if r.result == "error"]
     counts: dict[str, int] = {}
     for r in results:
@@ -153,24 +149,28 @@ def poll(config_path: str, source: str, dry_run: bool) -> int:
 
 
 async def _poll(config: Config, name: str, dry_run: bool) -> int:
+    from bridge.delivery.dispatcher import Dispatcher
     from bridge.http import HttpClient
     from bridge.polling.engine import Engine
-    from bridge.state.sqlite.store import Store
+    from bridge.state import open_scratch_state, state_exists
 
     # A dry run on a fresh setup compares against an empty snapshot that vanishes afterwards.
-    store = Store(Path(":memory:") if dry_run and not config.state.exists() else config.state)
+    if dry_run and not state_exists(config.state):
+        state = open_scratch_state()
+    else:
+        state = open_config_state(config, create=True)
     try:
         async with HttpClient(per_host=config.per_host) as http:
-            engine = Engine(config, store, http)
+            engine = Engine(config, state, http)
             result = await engine.poll(name, dry_run=dry_run)
             for event in result.events:
                 click.echo(orjson.dumps(event).decode())
             if not dry_run:
                 engine.flush()
-                if not daemon_running(config.state):
-                    await engine.deliver_due()
+                if not state.coordination.daemon_running():
+                    await Dispatcher(config.webhooks, state.outbox, http).deliver_due()
     finally:
-        store.close()
+        state.close()
     click.echo(
         f"bridge: {name}: {result.result}, {len(result.bodies)} events"
         + (f": {result.error}" if result.error else "")
@@ -200,11 +200,11 @@ def _listing(
 ) -> int:
     """Rows read from the state file: JSON lines for machines, or a table for people."""
     config = load(config_path)
-    store = open_store(config)
+    state = open_config_state(config)
     try:
-        rows = fetch(store)
+        rows = fetch(state.admin)
     finally:
-        store.close()
+        state.close()
     if as_json:
         for row in rows:
             click.echo(orjson.dumps(row).decode())
@@ -222,12 +222,13 @@ def _listing(
 def status(config_path: str, as_json: bool) -> int:
     """Per source: last poll, result, last change, next poll, failures; per webhook: queue."""
     config = load(config_path)
-    store = open_store(config)
+    state = open_config_state(config)
     try:
-        rows = store.source_rows()
-        counts = store.delivery_counts(config.webhooks)
+        rows = state.snapshots.source_rows()
+        counts = state.admin.delivery_counts(config.webhooks)
+        running = state.coordination.daemon_running()
     finally:
-        store.close()
+        state.close()
     sources: list[dict[str, Any]] = []
     for spec in config.sources:
         row = rows.get(spec.name)
@@ -243,7 +244,9 @@ def status(config_path: str, as_json: bool) -> int:
                 "error": row.last_error if row else None,
             }
         )
-    webhooks = [{"name": name, "configured": True, **counts[name]} for name in config.webhooks]
+    webhooks: list[dict[str, Any]] = [
+        {"name": name, "configured": True, **counts[name]} for name in config.webhooks
+    ]
     # A webhook taken out of the config keeps its deliveries; shown while any wait or died.
     webhooks += [
         {"name": name, "configured": False, **n}
@@ -254,7 +257,6 @@ def status(config_path: str, as_json: bool) -> int:
         click.echo(orjson.dumps({"sources": sources, "webhooks": webhooks}).decode())
         return EXIT_OK
     now = time.time()
-    running = daemon_running(config.state)
     failing = [s for s in sources if s["failures"] and s["error"]]
     for s in sources:
         s["last_poll"] = relative(s["last_poll"], now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterable
 
 import click
 
@@ -14,11 +14,11 @@ from bridge.cli.common import (
     config_option,
     handle_errors,
     load,
-    open_store,
+    open_config_state,
 )
 from bridge.config import Config
 from bridge.errors import ConfigError
-from bridge.state.sqlite.lock import daemon_running
+from bridge.state import Admin
 
 
 @click.command()
@@ -41,10 +41,11 @@ def replay(
     config = load(config_path)
     if webhook:
         check_webhook_name(webhook, config.webhooks)
-    store = open_store(config)
+    state = open_config_state(config)
     try:
+        store = state.admin
         _check_event_ids(store, event_ids)
-        _check_source(config, store, source)
+        _check_source(config, state.snapshots.source_rows(), source)
         now = time.time()
         if webhook and event_ids:
             for event_id in event_ids:
@@ -58,13 +59,13 @@ def replay(
             source=source,
             webhooks=list(config.webhooks),
         )
+        running = state.coordination.daemon_running()
     finally:
-        store.close()
+        state.close()
     where = (
-        "the running daemon sends them"
-        if daemon_running(config.state)
-        else ("`bridge once` or `bridge run` sends them")
+        "the running daemon sends them" if running else "`bridge once` or `bridge run` sends them"
     )
+
     click.echo(f"queued {_deliveries(n)} again; {where}")
     return EXIT_OK
 
@@ -82,17 +83,18 @@ def discard(
     if not (event_ids or webhook or source):
         raise ConfigError("give EVENT_ID..., --webhook or --source: which deliveries to discard")
     config = load(config_path)
-    store = open_store(config)
+    state = open_config_state(config)
     try:
+        store = state.admin
         _check_event_ids(store, event_ids)
-        _check_source(config, store, source)
+        _check_source(config, state.snapshots.source_rows(), source)
         if webhook:
             _check_webhook(config, set(store.delivery_counts()), webhook)
         discarded, in_flight = store.discard(
             time.time(), event_ids=event_ids, webhook=webhook, source=source
         )
     finally:
-        store.close()
+        state.close()
     message = f"discarded {_deliveries(discarded)}; `bridge deliveries --status dead` lists them"
     if in_flight:
         message += (
@@ -107,16 +109,16 @@ def _deliveries(n: int) -> str:
     return f"{n} delivery" if n == 1 else f"{n} deliveries"
 
 
-def _check_event_ids(store: Any, event_ids: tuple[str, ...]) -> None:
+def _check_event_ids(store: Admin, event_ids: tuple[str, ...]) -> None:
     unknown = sorted(set(event_ids) - store.event_ids_known(event_ids))
     if unknown:
         raise ConfigError(f"unknown event id {unknown[0]!r}")
 
 
-def _check_source(config: Config, store: Any, source: str | None) -> None:
+def _check_source(config: Config, stored: Iterable[str], source: str | None) -> None:
     # A source taken out of the config may still have deliveries: the state file's names count.
     if source and config.source(source) is None:
-        check_source_names(config, [source], also=store.source_rows())
+        check_source_names(config, [source], also=stored)
 
 
 def _check_webhook(config: Config, with_deliveries: set[str], webhook: str) -> None:

@@ -76,7 +76,7 @@ class Config:
     """The whole validated configuration."""
 
     path: Path
-    state: Path  # absolute; relative paths in the file are relative to the file
+    state: str  # where the state is: a SQLite file's absolute path (relative to the file)
     listen: tuple[str, int] | None = None  # http.listen host and port
     per_host: int = 4  # http.per_host: requests in flight to one polled host
     retention: float = 30 * 86400.0
@@ -174,12 +174,13 @@ class _Builder(ValueReader):
         sources = tuple(self.source(i, raw, defaults, seen) for i, raw in enumerate(raw_sources))
         return Config(self.path, state, listen, per_host, retention, grace, webhooks, sources)
 
-    def state(self, value: Any) -> Path:
-        """The state file's absolute path; a relative one is relative to the config file."""
+    def state(self, value: Any) -> str:
+        """Where the state is: a file's absolute path; a relative one is relative to the config
+        file."""
         if not isinstance(value, str) or not value.strip() or "\0" in value:
             raise self.err(("state",), "must be a file path")
         try:
-            return (self.path.parent / Path(value).expanduser()).resolve()
+            return str((self.path.parent / Path(value).expanduser()).resolve())
         except (OSError, RuntimeError, ValueError):  # e.g. ~nosuchuser/bridge.db
             raise self.err(("state",), "is not a usable file path") from None
 

@@ -1,107 +1,30 @@
-"""Signing (Standard Webhooks), one delivery attempt, the retry policy, and the delivery workers."""
+"""One webhook's delivery worker: claims due deliveries, attempts them with bounded
+concurrency, and records the outcomes. The dispatcher (dispatcher.py) owns the workers."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import functools
-import hmac
 import logging
-import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from bridge import __version__
 from bridge.config import WebhookSpec
+from bridge.delivery.policy import Outcome, decide
+from bridge.delivery.signing import request_headers
 from bridge.errors import BridgeError, DeliveryError
 from bridge.http import HttpClient
-from bridge.http.headers import parse_retry_after
-from bridge.model import Delivery, DeliveryStatus, Finished
-from bridge.state.sqlite.store import Store
+from bridge.model import Delivery, Finished
+from bridge.state import Outbox
 
-log = logging.getLogger("bridge.delivery.worker")
+log = logging.getLogger("bridge.deliver")
 
-# Longest Retry-After we obey; beyond it the receiver is misconfigured and the schedule decides.
-MAX_RETRY_AFTER = 7 * 86400.0
 # A lease outlives the request timeout by this much; after a crash the delivery is retried then.
 LEASE_MARGIN = 5.0
 # How often an idle worker looks for deliveries queued by another process (`bridge replay`).
 IDLE_RECHECK = 2.0
-
-
-@functools.lru_cache(maxsize=256)  # decoded once, not on every attempt
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a `whsec_<base64>` secret (padding optional, as people copy them)."""
-    encoded = secret.removeprefix("whsec_")
-    return base64.b64decode(encoded + "=" * (-len(encoded) % 4))
-
-
-def sign(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header value: `v1,<base64>` per secret, space-separated."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    return " ".join(
-        "v1," + base64.b64encode(hmac.digest(secret_key(s), signed, "sha256")).decode()
-        for s in secrets
-    )
-
-
-def request_headers(spec: WebhookSpec, msg_id: str, body: bytes, now: float) -> dict[str, str]:
-    """Every header of one attempt: the configured ones, then the Standard Webhooks ones."""
-    timestamp = int(now)
-    headers = {str(k): str(v) for k, v in spec.headers.items()}
-    headers.update(
-        {
-            "content-type": "application/json",
-            "user-agent": f"bridge/{__version__}",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-        }
-    )
-    if spec.secrets:
-        headers["webhook-signature"] = sign(spec.secrets, msg_id, timestamp, body)
-    return headers
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one attempt leads to: delivered, pending again (with when), or dead."""
-
-    status: DeliveryStatus
-    http_status: int | None
-    error: str | None
-    next_attempt_at: float | None = None
-
-
-def decide(
-    spec: WebhookSpec,
-    attempts_before: int,
-    now: float,
-    *,
-    http_status: int | None,
-    headers: Mapping[str, str] | None = None,
-    error: str | None = None,
-    rng: random.Random | None = None,
-) -> Outcome:
-    """The retry policy: 2xx delivered; 410 dead; else retry per schedule, honouring Retry-After."""
-    if http_status is not None and 200 <= http_status < 300:
-        return Outcome("delivered", http_status, None)
-    if error is None:
-        error = f"HTTP {http_status}"
-    if http_status == 410:
-        return Outcome("dead", http_status, error + " (gone: not retried)")
-    attempt = attempts_before + 1
-    if attempt > len(spec.retry):
-        return Outcome("dead", http_status, error)
-    delay = spec.retry[attempt - 1] * (rng or random).uniform(0.8, 1.2)
-    if http_status in (429, 503) and headers is not None:
-        after = parse_retry_after(headers.get("retry-after"), now)
-        if after is not None:
-            delay = min(after, MAX_RETRY_AFTER)
-    return Outcome("pending", http_status, error, now + delay)
 
 
 Observer = Callable[[str, str], None]  # (webhook, result) for metrics
@@ -113,7 +36,7 @@ class WebhookWorker:
     def __init__(
         self,
         spec: WebhookSpec,
-        store: Store,
+        outbox: Outbox,
         http: HttpClient,
         *,
         out: TextIO | None = None,
@@ -121,12 +44,12 @@ class WebhookWorker:
         clock: Callable[[], float] = time.time,
     ):
         self.spec = spec
-        self.store = store
+        self.outbox = outbox
         self.http = http
         self.out = out or sys.stdout
         self.observer = observer
         self.clock = clock
-        self._inflight: dict[asyncio.Task[None], str] = {}  # task -> source
+        self._inflight: set[asyncio.Task[None]] = set()
         # Attempts done but not yet recorded: written with the next claim, in its transaction.
         # Until then a delivery is still pending in the file, so a crash sends it again.
         self._finished: list[Finished] = []
@@ -150,7 +73,7 @@ class WebhookWorker:
     def flush(self) -> None:
         """Record the attempts that finished since the last claim."""
         with self._taking_finished() as finished:
-            self.store.finish_attempts(finished)
+            self.outbox.finish_attempts(finished)
 
     def _fill(self) -> int:
         free = self.spec.concurrency - len(self._inflight)
@@ -163,22 +86,21 @@ class WebhookWorker:
             return 0
         now = self.clock()
         with self._taking_finished() as finished:
-            claimed = self.store.claim_due(
+            claimed = self.outbox.claim_due(
                 self.spec.name,
                 now,
                 free,
                 self.spec.timeout + LEASE_MARGIN,
-                set(self._inflight.values()),
                 finished,
             )
         for delivery in claimed:
             task = asyncio.create_task(self._attempt(delivery))
-            self._inflight[task] = delivery.source
+            self._inflight.add(task)
             task.add_done_callback(self._done)
         return len(claimed)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
+        self._inflight.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed: %s", task.exception())
         self._wake.set()
@@ -247,7 +169,7 @@ class WebhookWorker:
             )
 
     def _sleep_time(self) -> float:
-        due = self.store.next_due(self.spec.name)
+        due = self.outbox.next_due(self.spec.name)
         if due is None:
             return IDLE_RECHECK
         return min(max(due - self.clock(), 0.01), IDLE_RECHECK)

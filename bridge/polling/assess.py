@@ -11,7 +11,7 @@ import orjson
 from bridge.model import NewEvent, PollCommit, SourceRow
 from bridge.polling import diff
 from bridge.sources.base import Fetched, Source
-from bridge.state.sqlite.store import Store
+from bridge.state import Snapshots
 
 
 def iso(ts: float) -> str:
@@ -79,7 +79,7 @@ def recovered(source: Source, row: SourceRow, now: float) -> list[NewEvent]:
 
 
 def assess(
-    store: Store, source: Source, row: SourceRow, fetched: Fetched, now: float
+    snapshots: Snapshots, source: Source, row: SourceRow, fetched: Fetched, now: float
 ) -> PollCommit:
     """A successful poll: its items compared with the stored snapshot, and what to commit."""
     if fetched.unchanged:
@@ -100,7 +100,7 @@ def assess(
         entries = {"": diff.document_entry(selected, source.ignore)}
     else:
         entries = diff.index_items(selected, source.key_expr, source.ignore)
-    old = store.item_hashes(source.name)
+    old = snapshots.item_hashes(source.name)
     found = diff.compare(old, entries, complete=fetched.complete)
     first = not row.baselined
     commit = PollCommit(row=row, result="new" if first else "changed", duration=0.0)
@@ -111,7 +111,7 @@ def assess(
     commit.deletes = list(found.removed)
     commit.events = recovered(source, row, now)
     if not first or source.spec.on_first_poll == "emit":
-        commit.events += change_events(store, source, entries, found, now)
+        commit.events += change_events(snapshots, source, entries, found, now)
     if not first and not (found.added or found.changed or found.removed):
         commit.result = "unchanged"
         commit.history = bool(commit.events)
@@ -125,7 +125,11 @@ def assess(
 
 
 def change_events(
-    store: Store, source: Source, entries: dict[str, diff.Entry], found: diff.Diff, now: float
+    snapshots: Snapshots,
+    source: Source,
+    entries: dict[str, diff.Entry],
+    found: diff.Diff,
+    now: float,
 ) -> list[NewEvent]:
     """The events of the changes `found`, for the kinds the source is `on`."""
     on = source.on
@@ -133,7 +137,7 @@ def change_events(
         *(found.changed if "changed" in on else ()),
         *(found.removed if "removed" in on else ()),
     ]
-    before = store.item_contents(source.name, wanted_before) if wanted_before else {}
+    before = snapshots.item_contents(source.name, wanted_before) if wanted_before else {}
     document = source.items_expr is None
     events = []
 

@@ -1,4 +1,4 @@
-"""Poll sources end to end (fetch, assess, commit with the events); own the delivery workers."""
+"""Poll sources end to end: lease, fetch, assess, and commit the events under the lease."""
 
 from __future__ import annotations
 
@@ -8,22 +8,18 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Literal, Protocol
 
 import orjson
 
-from bridge.config import Config, WebhookSpec
-from bridge.delivery.worker import WebhookWorker
+from bridge.config import Config
 from bridge.errors import SourceError
 from bridge.http import HttpClient
-from bridge.model import PollCommit, SourceRow
+from bridge.model import PollCommit, PollOutcome, SourceRow
 from bridge.polling.assess import assess, failed
 from bridge.sources.base import Fetched, Source
 from bridge.sources.registry import load
-from bridge.state.sqlite.store import Store
-
-if TYPE_CHECKING:  # prometheus_client is imported only by the daemon, which serves /metrics
-    from bridge.service.metrics import Metrics
+from bridge.state import State, Touched
 
 log = logging.getLogger("bridge.polling.engine")
 
@@ -35,16 +31,31 @@ log = logging.getLogger("bridge.polling.engine")
 FLUSH_EVERY = 2000  # the daemon's FLUSH_INTERVAL of polls at 200 a second
 # How often cached source rows are checked against other processes' writes (`bridge once` beside
 # the daemon). A row stale for that long costs at most one unconditional fetch: snapshots are
-# always read from the file.
+# always read from the state.
 ROWS_RECHECK = 1.0
+
+
+def poll_lease(timeout: float) -> float:
+    """How long a poll's lease lasts (seconds): long enough for a poll that waits its turn at a
+    busy host and then pages with `timeout` per request. A poll that outlives it writes nothing
+    and is polled again; a process that dies frees its leases at once (the backend's promise)."""
+    return max(300.0, 10 * timeout)
+
+
+class PollObserver(Protocol):
+    """What the engine reports each poll to (the daemon's metrics)."""
+
+    def poll(self, source: str, result: str, duration: float, event_types: Iterable[str]) -> None:
+        """One poll, counted once it is stored."""
 
 
 @dataclass
 class PollResult:
-    """The outcome of one poll: new (first poll), changed, unchanged or error, and its events."""
+    """The outcome of one poll: new (first poll), changed, unchanged or error, and its events;
+    or skipped, when another poll of the source held it."""
 
     source: str
-    result: str
+    result: PollOutcome | Literal["skipped"]
     duration: float
     bodies: list[bytes] = field(default_factory=list)
     error: str | None = None
@@ -61,58 +72,73 @@ def make_sources(config: Config) -> dict[str, Source]:
 
 
 class Engine:
-    """Owns the store, the HTTP client's use, the sources and one delivery worker per webhook."""
+    """Polls sources with the HTTP client and commits what they found to the state.
+
+    Each poll runs under a lease of its source (Coordination.lease_polls), taken in batches by
+    `lease` (the scheduler's due sources at one wake-up) or by `poll` itself; its commit is
+    fenced by that lease. `committed` is told which webhooks got new deliveries.
+    """
 
     def __init__(
         self,
         config: Config,
-        store: Store,
+        state: State,
         http: HttpClient,
         *,
-        out: TextIO | None = None,
-        metrics: Metrics | None = None,
+        metrics: PollObserver | None = None,
+        committed: Callable[[set[str]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ):
         # The config and the sources live as long as the process: kept out of the cyclic GC's
-        # full passes, which otherwise walk them all (0.2 s at 5,000 sources) again and again.
+        # full passes, which otherwise walk them all again and again.
         gc.freeze()
         self.config = config
-        self.store = store
+        self.state = state
+        self.snapshots = state.snapshots
         self.http = http
-        self.out = out
         self.metrics = metrics  # None: nothing is counted (`once` and `poll` serve no /metrics)
+        self.committed = committed
         self.clock = clock
         self.sources = make_sources(config)
-        self.workers = self._make_workers(config)
         # A host that asked to be left alone (429, Retry-After) is, across runs: `bridge once`
         # from cron must not ask it again a minute later.
-        for host, until in store.host_blocks(time.time()).items():
+        for host, until in self.snapshots.host_blocks(time.time()).items():
             http.block(host, until, new=False)
+        self._leases: dict[str, int] = {}  # leased sources whose poll has not started yet
         self._buffer: dict[str, PollCommit] = {}
         self._changes: dict[str, PollCommit] = {}  # changed polls held by poll_many
         # Unchanged polls of healthy sources (nearly every poll of a daemon) keep only their new
-        # times until written, not their PollCommit and row: those outlived the young GC
-        # generations, and the full collections they caused cost a steady poll 17-20 us (of ~330).
-        self._touched: dict[str, tuple[float | None, float | None, str | None]] = {}
+        # times and lease until written, not their PollCommit and row: those outlived the young
+        # GC generations, and the full collections they caused cost a steady poll measurably.
+        self._touched: dict[str, tuple[float | None, float | None, str | None, int | None]] = {}
         self._batching = False
         # Source rows as committed, read in one query; dropped when another process writes.
         self._rows: dict[str, SourceRow] | None = None
         self._rows_version = -1
         self._rows_checked = -ROWS_RECHECK
 
-    def _make_workers(self, config: Config) -> dict[str, WebhookWorker]:
-        return {name: self.make_worker(spec) for name, spec in config.webhooks.items()}
+    # --- leases ------------------------------------------------------------------------------
 
-    def make_worker(self, spec: WebhookSpec) -> WebhookWorker:
-        """A delivery worker for one webhook, sharing this engine's store, client and metrics."""
-        return WebhookWorker(
-            spec,
-            self.store,
-            self.http,
-            out=self.out,
-            observer=self.metrics.delivery_result if self.metrics is not None else None,
-            clock=self.clock,
-        )
+    def lease(self, names: list[str]) -> list[str]:
+        """Lease these sources for a poll each; returns those granted, in order.
+
+        A source is refused while a poll of it holds its lease: still running here, or in
+        another process. Polls done here but not yet written are written first, since writing
+        a poll is what ends its lease.
+        """
+        if any(n in self._buffer or n in self._touched or n in self._changes for n in names):
+            self.flush()
+        now = time.time()
+        timeouts = [s.spec.timeout for n in names if (s := self.sources.get(n)) is not None]
+        until = now + poll_lease(max(timeouts, default=0.0))
+        granted = self.state.coordination.lease_polls(names, now, until)
+        self._leases.update(granted)
+        return [n for n in names if n in granted]
+
+    def release(self, names: list[str]) -> None:
+        """Give back the leases of polls that will not run (dropped at shutdown)."""
+        leases = {n: self._leases.pop(n) for n in names if n in self._leases}
+        self.state.coordination.release_polls(leases)
 
     # --- polling ---------------------------------------------------------------------------
 
@@ -126,9 +152,9 @@ class Engine:
         now = time.monotonic()
         if self._rows is None or now - self._rows_checked >= ROWS_RECHECK:
             self._rows_checked = now
-            version = self.store.data_version()
+            version = self.snapshots.generation()
             if self._rows is None or version != self._rows_version:
-                self._rows, self._rows_version = self.store.source_rows(), version
+                self._rows, self._rows_version = self.snapshots.source_rows(), version
         row = self._rows.get(name)
         return row if row is not None else SourceRow(name=name)
 
@@ -137,17 +163,17 @@ class Engine:
             for c in commits:
                 self._rows[c.row.name] = c.row
 
-    def _take_touched(self) -> list[SourceRow]:
+    def _take_touched(self) -> list[Touched]:
         # The cached rows, moved to their new times in place. A row the cache lost meanwhile
-        # (another process wrote the file, and the row is gone from it) is left out: its next
-        # poll finds no row and baselines again, which is right for a source removed there.
-        rows = []
+        # (another process wrote, and the row is gone) is left out: its next poll finds no row
+        # and baselines again, which is right for a source removed there.
+        rows: list[Touched] = []
         cached = self._rows or {}
-        for name, (polled_at, next_at, result) in self._touched.items():
+        for name, (polled_at, next_at, result, lease) in self._touched.items():
             row = cached.get(name)
             if row is not None:
                 row.last_poll_at, row.next_poll_at, row.last_result = polled_at, next_at, result
-                rows.append(row)
+                rows.append((row, lease))
         self._touched.clear()
         return rows
 
@@ -157,7 +183,14 @@ class Engine:
     async def poll(
         self, name: str, *, dry_run: bool = False, next_poll_at: float | None = None
     ) -> PollResult:
-        """Poll one source; commit its new snapshot and events atomically unless dry_run."""
+        """Poll one source under its lease (taken now unless `lease` took it); commit its new
+        snapshot and events atomically unless dry_run, which takes no lease and writes nothing."""
+        lease = self._leases.pop(name, None)
+        if lease is None and not dry_run:
+            if not self.lease([name]):
+                log.warning("poll of %s skipped: another poll of it is still running", name)
+                return PollResult(name, "skipped", 0.0)
+            lease = self._leases.pop(name)
         source = self.sources[name]
         last = self._row(name)
         row: SourceRow | None = None  # this poll's own copy, made once something changes
@@ -165,9 +198,9 @@ class Engine:
         try:
             fetched = await source.fetch(self.http, last.fetch_state)
             if not dry_run and self._only_times_move(last, fetched):
-                return self._touch(name, started, next_poll_at)
+                return self._touch(name, started, next_poll_at, lease)
             row = self._own(last, next_poll_at)
-            commit = assess(self.store, source, row, fetched, started)
+            commit = assess(self.snapshots, source, row, fetched, started)
         except SourceError as exc:
             row = row if row is not None else self._own(last, next_poll_at)
             commit = failed(source, row, str(exc), started)
@@ -176,6 +209,7 @@ class Engine:
             row = row if row is not None else self._own(last, next_poll_at)
             commit = failed(source, row, f"internal error: {exc!r}", started)
         commit.duration = self.clock() - started
+        commit.lease = lease
         if not dry_run:
             self._record(commit)
         return PollResult(
@@ -205,11 +239,13 @@ class Engine:
             and row.name not in self._buffer
         )
 
-    def _touch(self, name: str, polled_at: float, next_poll_at: float | None) -> PollResult:
+    def _touch(
+        self, name: str, polled_at: float, next_poll_at: float | None, lease: int | None
+    ) -> PollResult:
         # Only the new times, kept in _touched until written (see __init__): no row copy and no
         # PollCommit is built for the daemon's commonest poll.
         duration = self.clock() - polled_at
-        self._touched[name] = (polled_at, next_poll_at, "unchanged")
+        self._touched[name] = (polled_at, next_poll_at, "unchanged", lease)
         if self._pending() >= FLUSH_EVERY:
             self.flush()
         if self.metrics is not None:
@@ -227,22 +263,35 @@ class Engine:
                 if self._pending() >= FLUSH_EVERY:
                     self.flush()
                 return  # observed once flushed
-            self.store.commit_polls([commit])
-            self._committed([commit])
-            self._wake([commit])
-        else:
-            # A whole row; one still waiting for this source is in it, since this poll's row was
-            # read from there. (Polls that move only the times never get here: see _touch.)
-            self._touched.pop(name, None)
-            self._buffer[name] = commit
-            if self._pending() >= FLUSH_EVERY:
-                self.flush()
+            refused = self.snapshots.commit_polls([commit])
+            self._written([commit], refused)
+            return
+        # A whole row; one still waiting for this source is in it, since this poll's row was
+        # read from there. (Polls that move only the times never get here: see _touch.)
+        self._touched.pop(name, None)
+        self._buffer[name] = commit
+        if self._pending() >= FLUSH_EVERY:
+            self.flush()
         self._observe(commit)
 
-    def _wake(self, commits: Iterable[PollCommit]) -> None:
-        for webhook in {w for c in commits for ev in c.events for w in ev.webhooks}:
-            if webhook in self.workers:
-                self.workers[webhook].wake()
+    def _written(self, changes: list[PollCommit], refused: set[str]) -> None:
+        # After a write: cache the rows, wake the webhooks with new deliveries, count the polls.
+        for name in sorted(refused):
+            log.warning(
+                "poll of %s lost its lease before it was written (it outlived it, or another "
+                "process took the source): its result is dropped and the source polled again",
+                name,
+            )
+        if refused:
+            self._rows = None  # read again: the rows of refused polls are not what was cached
+            changes = [c for c in changes if c.row.name not in refused]
+        else:
+            self._committed(changes)
+        webhooks = {w for c in changes for ev in c.events for w in ev.webhooks}
+        if webhooks and self.committed is not None:
+            self.committed(webhooks)
+        for commit in changes:
+            self._observe(commit)
 
     def _observe(self, commit: PollCommit) -> None:
         # Counted and logged once stored: a poll whose commit failed did not happen.
@@ -263,15 +312,14 @@ class Engine:
         if not self._pending() and not blocks:
             return
         changes = list(self._changes.values())
-        commits = [*changes, *self._buffer.values()]
+        others = list(self._buffer.values())
         touched = self._take_touched()
         self._buffer.clear()
         self._changes.clear()
-        self.store.commit_polls(commits, blocks, touched)
-        self._committed(commits)
-        self._wake(changes)
-        for commit in changes:
-            self._observe(commit)
+        refused = self.snapshots.commit_polls([*changes, *others], blocks, touched)
+        if not refused:
+            self._committed(others)
+        self._written(changes, refused)
 
     async def poll_many(
         self,
@@ -280,9 +328,15 @@ class Engine:
         concurrency: int = 256,
         progress: Callable[[PollResult], None] | None = None,
     ) -> list[PollResult]:
-        """Poll several sources at once (per-host limits still apply), then flush."""
-        queue = list(names)
-        results: list[PollResult] = []
+        """Poll several sources at once (per-host limits still apply), then flush. They are
+        leased together first; one that another process is polling is skipped."""
+        wanted = list(names)
+        queue = self.lease(wanted) if wanted else []
+        granted = set(queue)
+        results = [PollResult(n, "skipped", 0.0) for n in wanted if n not in granted]
+        for result in results:
+            log.warning("poll of %s skipped: another process is polling it", result.source)
+        queue.reverse()  # pop() from the end keeps the configured order
 
         async def worker() -> None:
             while queue:
@@ -291,7 +345,6 @@ class Engine:
                 if progress:
                     progress(result)
 
-        queue.reverse()  # pop() from the end keeps the configured order
         self._batching = True
         try:
             await asyncio.gather(*(worker() for _ in range(min(concurrency, len(queue)) or 1)))
@@ -300,25 +353,8 @@ class Engine:
         self.flush()
         return results
 
-    # --- delivering --------------------------------------------------------------------------
-
-    async def deliver_due(self) -> None:
-        """Attempt every due delivery once, on every webhook at the same time."""
-        await asyncio.gather(*(w.drain() for w in self.workers.values()))
-
-    def start_workers(self) -> list[asyncio.Task[None]]:
-        """Start every webhook's delivery loop."""
-        return [asyncio.create_task(w.run(), name=f"deliver-{n}") for n, w in self.workers.items()]
-
-    async def stop_workers(self, grace: float) -> None:
-        """Stop delivering; in-flight attempts get `grace` seconds."""
-        await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
-
     def reload(self, config: Config) -> tuple[set[str], set[str], set[str]]:
-        """Take a new config: returns (added, removed, changed) source names.
-
-        Workers of webhooks whose spec changed are replaced by the caller via `replace_workers`.
-        """
+        """Take a new config: returns (added, removed, changed) source names."""
         old = {s.name: s for s in self.config.sources}
         new = {s.name: s for s in config.sources}
         added = set(new) - set(old)

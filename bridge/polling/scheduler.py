@@ -1,4 +1,4 @@
-"""When each source is polled. The only module that imports apscheduler (for cron arithmetic).
+"""When each source is polled: one heap of due times, and lanes of polls per host.
 
 Intervals are kept in one heap driven by one event-loop timer. APScheduler's AsyncIOScheduler
 cost about 85 us of CPU per job run with 10,000 jobs (datetimes, job stores, events, an executor):
@@ -27,6 +27,10 @@ log = logging.getLogger("bridge.polling.scheduler")
 
 PollFunc = Callable[[str], Coroutine[Any, Any, object]]
 LaneFunc = Callable[[str], "str | None"]  # a source's lane (the host it polls), or None
+# Takes the due sources of one wake-up and returns those that may be polled now, in order: the
+# engine's lease (one poll of a source at a time is the state's promise, not the scheduler's).
+ClaimFunc = Callable[[list[str]], list[str]]
+DropFunc = Callable[[list[str]], None]  # claimed sources whose polls will not run after all
 
 # Overdue sources are spread over at most this many seconds after start: soon enough that a
 # user sees the first results at once, spread enough that a restart is not a burst.
@@ -85,8 +89,8 @@ def _next_cron(trigger: Any, after: float) -> float:
 class Scheduler:
     """Runs `poll(name)` for every scheduled source on its interval or cron schedule.
 
-    One run of a source at a time: a run still going when the next is due makes that one skip.
-    Runs missed while the process was busy are coalesced into one.
+    Each wake-up's due sources are claimed together (`claim`); one that is refused (its last
+    poll still runs) skips this turn. Runs missed while the process was busy are coalesced.
 
     Sources with a lane (the host they poll) wait in that lane's queue, first come first served,
     for one of at most `lane_width` runner tasks: the HTTP client lets no more requests at a
@@ -101,6 +105,8 @@ class Scheduler:
         *,
         lane: LaneFunc | None = None,
         lane_width: int = 4,
+        claim: ClaimFunc | None = None,
+        drop: DropFunc | None = None,
         rng: random.Random | None = None,
     ):
         if lane_width < 1:
@@ -108,6 +114,8 @@ class Scheduler:
         self.poll = poll
         self.lane = lane
         self.lane_width = lane_width
+        self.claim = claim
+        self.drop = drop
         self.rng = rng or random.Random()
         self._jobs: dict[str, _Job] = {}
         self._heap: list[tuple[float, int, _Job]] = []
@@ -116,7 +124,6 @@ class Scheduler:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._tasks: set[asyncio.Task[object]] = set()
-        self._busy: set[str] = set()  # sources with a poll queued or running
         self._queues: dict[str, collections.deque[str]] = {}  # lane -> sources waiting in it
         self._runners: collections.Counter[str] = collections.Counter()  # lane -> runner tasks
 
@@ -134,15 +141,14 @@ class Scheduler:
     def shutdown(self) -> None:
         """Stop firing jobs; polls already running go on and are awaited by the caller.
 
-        Polls still waiting in a lane are dropped: they had not started.
+        Polls still waiting in a lane are dropped (told to `drop`): they had not started.
         """
         self._running = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
         for queue in self._queues.values():
-            self._busy.difference_update(queue)
-            queue.clear()
+            self._dropped(queue)
 
     @property
     def queued(self) -> int:
@@ -210,6 +216,7 @@ class Scheduler:
         now = time.time()
         heap, jobs = self._heap, self._jobs
         later: list[tuple[float, int, _Job]] = []
+        due: list[str] = []
         while heap and heap[0][0] <= now + SLACK:
             entry = heapq.heappop(heap)
             at, _, job = entry
@@ -219,14 +226,25 @@ class Scheduler:
                 later.append(entry)
                 continue
             self._advance(job, now)
-            if job.name in self._busy:
-                log.warning("poll of %s skipped: the previous one has not finished", job.name)
-            else:
-                self._start(job)
+            due.append(job.name)
             later.append((job.next_at, next(self._seq), job))
         for entry in later:  # pushed back only now, so that no job runs twice in one wake-up
             heapq.heappush(heap, entry)
         self._arm()
+        if due:
+            self._start_claimed(due)
+
+    def _start_claimed(self, due: list[str]) -> None:
+        try:
+            granted = self.claim(due) if self.claim is not None else due
+        except Exception:  # the state failing: these polls wait for their next turn
+            log.exception("could not claim %d due sources", len(due))
+            return
+        if len(granted) < len(due):
+            for name in sorted(set(due) - set(granted)):
+                log.warning("poll of %s skipped: the previous one has not finished", name)
+        for name in granted:
+            self._start(name)
 
     def _advance(self, job: _Job, now: float) -> None:
         if job.cron is not None:
@@ -239,9 +257,16 @@ class Scheduler:
                 job.base += math.ceil((now - job.base) / job.every) * job.every
         job.next_at = job.base + self._jitter(job)
 
-    def _start(self, job: _Job) -> None:
-        name = job.name
-        self._busy.add(name)
+    def _dropped(self, queue: collections.deque[str]) -> None:
+        names = list(queue)
+        queue.clear()
+        if names and self.drop is not None:
+            try:
+                self.drop(names)
+            except Exception:  # their leases run out instead
+                log.exception("could not release %d dropped polls", len(names))
+
+    def _start(self, name: str) -> None:
         lane = self.lane(name) if self.lane is not None else None
         if lane is None:
             self._spawn(self._run(name))
@@ -269,9 +294,8 @@ class Scheduler:
             if not self._runners[lane]:
                 del self._runners[lane]
                 # The last runner cancelled with polls still queued: they wait for their next
-                # turn rather than stay marked busy with no runner to take them.
-                self._busy.difference_update(queue)
-                queue.clear()
+                # turn rather than stay claimed with no runner to take them.
+                self._dropped(queue)
                 del self._queues[lane]  # hosts come and go with reloads and redirects
 
     async def _run(self, name: str) -> None:
@@ -279,5 +303,3 @@ class Scheduler:
             await self.poll(name)
         except Exception:
             log.exception("poll of %s raised", name)
-        finally:
-            self._busy.discard(name)

@@ -7,17 +7,16 @@ import logging
 import signal
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, TextIO
 
 from bridge.config import Config, load_config
+from bridge.delivery.dispatcher import Dispatcher
 from bridge.errors import BridgeError
 from bridge.http import HttpClient
 from bridge.polling.engine import Engine
 from bridge.polling.scheduler import Scheduler
 from bridge.service.metrics import Metrics
-from bridge.state.sqlite.lock import DaemonLock
-from bridge.state.sqlite.store import Store
+from bridge.state import State, open_state
 
 log = logging.getLogger("bridge.service.daemon")
 
@@ -29,17 +28,17 @@ TRIM_INTERVAL = 3600.0  # seconds between retention passes
 FIRST_TRIM = 5.0  # the first pass comes soon after start, once the first polls are under way
 
 
-def _trim(path: Path, before: float) -> int:
-    # Its own connection in its own thread: a long trim never blocks the event loop's store.
-    store = Store(path)
+def _trim(location: str, before: float) -> int:
+    # Its own connection in its own thread: a long trim never blocks the event loop's state.
+    state = open_state(location)
     try:
-        return store.trim(before)
+        return state.admin.trim(before)
     finally:
-        store.close()
+        state.close()
 
 
 class Daemon:
-    """The long-running process: owns the lock, store, client, engine, scheduler and workers."""
+    """The long-running process: owns the state, client, engine, scheduler and dispatcher."""
 
     def __init__(
         self,
@@ -55,9 +54,10 @@ class Daemon:
         self._stop = asyncio.Event()
         self._force = False
         self._polls: set[asyncio.Task[Any]] = set()
+        self.state: State | None = None
         self.engine: Engine | None = None
+        self.dispatcher: Dispatcher | None = None
         self.scheduler: Scheduler | None = None
-        self._worker_tasks: dict[str, asyncio.Task[None]] = {}
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -68,9 +68,8 @@ class Daemon:
             self._force = True
             for task in list(self._polls):
                 task.cancel()
-            if self.engine is not None:
-                for worker in self.engine.workers.values():
-                    worker.abort()
+            if self.dispatcher is not None:
+                self.dispatcher.abort()
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -80,10 +79,10 @@ class Daemon:
     # --- health --------------------------------------------------------------------------------
 
     async def healthy(self) -> bool:
-        """The scheduler runs and the state file takes a write (probed off the event loop)."""
-        if self.scheduler is None or not self.scheduler.running or self.engine is None:
+        """The scheduler runs and the state takes a write (probed off the event loop)."""
+        if self.scheduler is None or not self.scheduler.running or self.state is None:
             return False
-        return await asyncio.to_thread(self.engine.store.writable)
+        return await asyncio.to_thread(self.state.writable)
 
     # --- polling -------------------------------------------------------------------------------
 
@@ -109,7 +108,7 @@ class Daemon:
 
     def _schedule_all(self, names: set[str] | None = None) -> None:
         assert self.engine is not None and self.scheduler is not None
-        rows = self.engine.store.source_rows()
+        rows = self.engine.snapshots.source_rows()
         for spec in self.engine.config.sources:
             if names is None or spec.name in names:
                 row = rows.get(spec.name)
@@ -131,17 +130,12 @@ class Daemon:
         for key in ("listen", "per_host"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("reload: http.%s changes take effect at the next restart", key)
+        assert self.dispatcher is not None
         added, removed, changed = self.engine.reload(new)
         for name in removed:
             self.scheduler.unschedule(name)
         self._schedule_all(added | changed)
-        for name, spec in new.webhooks.items():
-            old = self.config.webhooks.get(name)
-            if old != spec:
-                await self._restart_worker(name, old is not None)
-        for name in set(self.config.webhooks) - set(new.webhooks):
-            # Pending deliveries of a removed webhook stay queued; they go out if it comes back.
-            await self._stop_worker(name)
+        await self.dispatcher.replace(new.webhooks, self.config.grace)
         self.config = new
         self._warn_of_removed_webhooks()
         log.info(
@@ -155,7 +149,7 @@ class Daemon:
     def _warn_of_removed_webhooks(self) -> None:
         # Their deliveries are kept (never lose a change), but nothing sends them: say so once.
         assert self.engine is not None
-        for name, pending in sorted(self.engine.store.pending_by_webhook().items()):
+        for name, pending in sorted(self.engine.state.admin.pending_by_webhook().items()):
             if name not in self.config.webhooks:
                 log.warning(
                     "webhook %s is not in the config; deliveries pending for it: %d (kept, "
@@ -165,23 +159,6 @@ class Daemon:
                     pending,
                     name,
                 )
-
-    async def _stop_worker(self, name: str) -> None:
-        assert self.engine is not None
-        worker = self.engine.workers.pop(name, None)
-        task = self._worker_tasks.pop(name, None)
-        if worker is not None:
-            await worker.stop(self.config.grace)
-        if task is not None:
-            await task
-
-    async def _restart_worker(self, name: str, existed: bool) -> None:
-        assert self.engine is not None
-        if existed:
-            await self._stop_worker(name)
-        worker = self.engine.make_worker(self.engine.config.webhooks[name])
-        self.engine.workers[name] = worker
-        self._worker_tasks[name] = asyncio.create_task(worker.run(), name=f"deliver-{name}")
 
     # --- housekeeping --------------------------------------------------------------------------
 
@@ -208,13 +185,13 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until SIGINT/SIGTERM; returns the exit code."""
-        lock = DaemonLock(self.config.state)
-        lock.acquire()
+        state = open_state(self.config.state)
         try:
-            store = Store(self.config.state)
+            state.coordination.hold_daemon()
         except BaseException:
-            lock.release()
+            state.close()
             raise
+        self.state = state
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
@@ -222,15 +199,29 @@ class Daemon:
         runner = None
         try:
             async with HttpClient(per_host=self.config.per_host) as http:
-                self.engine = Engine(self.config, store, http, out=self.out, metrics=self.metrics)
-                self.metrics.observe_queue(lambda: store.delivery_counts(self.config.webhooks))
+                self.dispatcher = dispatcher = Dispatcher(
+                    self.config.webhooks,
+                    state.outbox,
+                    http,
+                    out=self.out,
+                    observer=self.metrics.delivery_result,
+                )
+                self.engine = engine = Engine(
+                    self.config, state, http, metrics=self.metrics, committed=dispatcher.wake
+                )
+                self.metrics.observe_queue(
+                    lambda: state.admin.delivery_counts(self.config.webhooks)
+                )
                 self.scheduler = Scheduler(
-                    self._poll, lane=self._lane, lane_width=self.config.per_host
+                    self._poll,
+                    lane=self._lane,
+                    lane_width=self.config.per_host,
+                    claim=engine.lease,
+                    drop=engine.release,
                 )
                 self._schedule_all()
                 self.scheduler.start()
-                for name, worker in self.engine.workers.items():
-                    self._worker_tasks[name] = asyncio.create_task(worker.run())
+                dispatcher.start()
                 if self.config.listen:
                     from bridge.service.server import start_status_server
 
@@ -255,25 +246,16 @@ class Daemon:
                 log.info("stopping: waiting up to %.0fs for in-flight work", self.config.grace)
                 self.scheduler.shutdown()
                 await self._finish_polls()
-                self.engine.flush()
-                await asyncio.gather(
-                    *(
-                        w.stop(0 if self._force else self.config.grace)
-                        for w in self.engine.workers.values()
-                    )
-                )
-                for task in self._worker_tasks.values():
-                    task.cancel()
-                await asyncio.gather(
-                    *self._worker_tasks.values(), housekeeping, return_exceptions=True
-                )
+                engine.flush()
+                await dispatcher.stop(0 if self._force else self.config.grace)
+                await asyncio.gather(housekeeping, return_exceptions=True)
         finally:
             if runner is not None:
                 await runner.cleanup()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            store.close()
-            lock.release()
+            state.coordination.release_daemon()
+            state.close()
         log.info("stopped")
         return 0
 

@@ -9,17 +9,23 @@ from pathlib import Path
 from bridge.errors import StateError
 
 
-def lock_path(state: Path) -> Path:
+def lock_path(state: str | Path) -> Path:
     """The lock file beside a state file."""
+    state = Path(state)
     return state.with_name(state.name + ".lock")
 
 
 class DaemonLock:
     """Held by `bridge run` for its whole life; the kernel drops it even after kill -9."""
 
-    def __init__(self, state: Path):
+    def __init__(self, state: str | Path):
         self.path = lock_path(state)
         self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock."""
+        return self._fd is not None
 
     def acquire(self) -> None:
         """Take the lock or raise StateError naming the holder's pid."""
@@ -48,7 +54,7 @@ class DaemonLock:
             self._fd = None
 
 
-def daemon_running(state: Path) -> bool:
+def daemon_running(state: str | Path) -> bool:
     """Whether a `bridge run` holds the lock of this state file right now."""
     path = lock_path(state)
     if not path.exists():

@@ -1,5 +1,5 @@
 """The state file as the commands see it: listings of events and deliveries, counts, replay and
-discard, and retention's trim. Polling's and delivering's own queries are bridge/store.py."""
+discard, and retention's trim."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ from typing import Any
 
 import orjson
 
-from bridge.state.sqlite.connection import StateFile
+from bridge.model import DeliveryStatus
+from bridge.state.sqlite.connection import Database, chunks
 
 
-def chunks(seq: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
-    """`seq` in slices of at most `size`: SQLite caps the parameters of one statement."""
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
+class SqliteAdmin:
+    """bridge.state.base.Admin: the queries of `bridge status`, `events`, `deliveries`,
+    `replay`, `discard`, and retention, over one state file."""
 
-
-class Records(StateFile):
-    """The queries of `bridge status`, `events`, `deliveries`, `replay`, `discard`; retention."""
+    def __init__(self, database: Database):
+        self.database = database
+        self.conn = database.conn
 
     def requeue(
         self,
@@ -35,7 +35,7 @@ class Records(StateFile):
         `webhooks`: only deliveries to these (the configured ones: nothing sends to the others).
         """
         queued = 0
-        with self.write() as conn:
+        with self.database.write() as conn:
             for part in _id_parts(event_ids):
                 where, params = _matching(part, webhook, source)
                 if dead:
@@ -62,10 +62,10 @@ class Records(StateFile):
 
         Returns (discarded, of them in flight). An attempt in flight at that moment still ends:
         if it delivers, the delivery is recorded as delivered; otherwise it stays dead
-        (Store._write_finished).
+        (bridge.state.sqlite.outbox).
         """
         discarded = in_flight = 0
-        with self.write() as conn:
+        with self.database.write() as conn:
             for part in _id_parts(event_ids):
                 where, params = _matching(part, webhook, source)
                 where.append("status = 'pending'")
@@ -84,7 +84,7 @@ class Records(StateFile):
 
     def add_deliveries(self, event_id: str, webhooks: Sequence[str], now: float) -> int:
         """Queue an event to webhooks it has no delivery for yet (replay to a new webhook)."""
-        with self.write() as conn:
+        with self.database.write() as conn:
             row = conn.execute(
                 "SELECT seq, source FROM events WHERE id = ?", (event_id,)
             ).fetchone()
@@ -137,7 +137,11 @@ class Records(StateFile):
         ]
 
     def deliveries(
-        self, *, status: str | None = None, webhook: str | None = None, limit: int = 100
+        self,
+        *,
+        status: DeliveryStatus | None = None,
+        webhook: str | None = None,
+        limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Deliveries, newest first, with attempt counts and the last error."""
         sql = (
@@ -154,7 +158,7 @@ class Records(StateFile):
             params.append(webhook)
         sql += " ORDER BY d.id DESC LIMIT ?"
         params.append(limit)
-        return list(self.db.query(sql, params))
+        return list(self.database.db.query(sql, params))
 
     def delivery_counts(self, webhooks: Iterable[str] = ()) -> dict[str, dict[str, int]]:
         """webhook -> {pending, delivered, dead} counts; the named webhooks appear even at 0."""
@@ -176,7 +180,7 @@ class Records(StateFile):
     def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
         """Every attempt of one delivery, oldest first."""
         return list(
-            self.db.query(
+            self.database.db.query(
                 "SELECT at, status, error, duration FROM attempts WHERE delivery_id = ? "
                 "ORDER BY id",
                 [delivery_id],
@@ -201,7 +205,7 @@ class Records(StateFile):
         )
         for sql in statements:
             while True:
-                with self.write() as conn:
+                with self.database.write() as conn:
                     n = conn.execute(sql, (before, batch)).rowcount
                 total += n
                 if n < batch:

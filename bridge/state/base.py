@@ -1,0 +1,202 @@
+"""The storage seam: what polling, delivering, the daemon and the commands need of the state.
+
+Every backend (bridge/state/sqlite/, and any other) implements these Protocols, and nothing
+outside bridge/state/ knows which one it talks to. This strict point of cut-off is where the
+outbox's promises live: each method's docstring says what the backend guarantees, and the
+contract suite in tests/state/ holds every backend to it. No in-process set stands in for a
+promise written here: a second process on the same state must be able to rely on it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from bridge.model import Delivery, DeliveryStatus, Finished, PollCommit, SourceRow
+
+# An unchanged poll of a healthy source, written by a narrow update: its row (with only the
+# poll times and result moved) and the lease the poll ran under.
+Touched = tuple[SourceRow, int | None]
+
+
+class Snapshots(Protocol):
+    """What polling reads and writes: source rows, item snapshots, rate-limited hosts."""
+
+    def source_row(self, name: str) -> SourceRow:
+        """The stored row of a source, or a fresh one (never polled) if there is none."""
+
+    def source_rows(self) -> dict[str, SourceRow]:
+        """Every stored source row by name, as one consistent read."""
+
+    def generation(self) -> int:
+        """A number that changes whenever another connection or process has committed since
+        the last call; while it stays equal, rows read before are still current."""
+
+    def item_hashes(self, source: str) -> dict[str, str]:
+        """key -> compared-content hash of every stored item of a source."""
+
+    def item_contents(self, source: str, keys: Sequence[str]) -> dict[str, Any]:
+        """key -> stored item (parsed JSON) for those of `keys` that are stored."""
+
+    def host_blocks(self, now: float) -> dict[str, float]:
+        """Hosts (or GitHub token budgets) still off-limits at `now`, with until when."""
+
+    def commit_polls(
+        self,
+        commits: Iterable[PollCommit],
+        host_blocks: Mapping[str, float] | None = None,
+        touched: Sequence[Touched] = (),
+    ) -> set[str]:
+        """Write polls: each commit's row, snapshot changes, events and the events' pending
+        deliveries (one per webhook), all in one transaction, or nothing at all.
+
+        A commit (or touch) made under a poll lease (`lease` not None) is fenced: it is written
+        only while that lease is still the source's current one, and writing it releases the
+        lease. A fenced-out poll writes nothing; the names of those are returned, so that a
+        poll whose lease was lost never commits a stale snapshot or sends an event twice.
+        Deliveries take ids in the order of their events. `host_blocks` are kept (the later
+        of two blocks of one host wins).
+        """
+
+
+class Outbox(Protocol):
+    """The delivery queue: claims and the attempts' outcomes."""
+
+    def claim_due(
+        self,
+        webhook: str,
+        now: float,
+        limit: int,
+        lease: float,
+        finished: Sequence[Finished] = (),
+    ) -> list[Delivery]:
+        """Lease up to `limit` due pending deliveries of `webhook` for `lease` seconds, oldest
+        first; `finished` attempts are recorded first, in the same transaction.
+
+        Per-source order: a delivery is never claimed while another delivery of the same
+        source to the same webhook holds a live lease, and one claim takes at most one
+        delivery per source; so one source's deliveries to one webhook are never in flight
+        together, whichever processes claim them.
+        """
+
+    def finish_attempts(self, finished: Sequence[Finished]) -> None:
+        """Record attempts (and release their leases) in one transaction. A delivery
+        discarded while its attempt was in flight stays dead unless the attempt delivered it."""
+
+    def next_due(self, webhook: str) -> float | None:
+        """When the earliest pending delivery of `webhook` can be claimed, or None."""
+
+
+class Admin(Protocol):
+    """The commands' (and the console's) reads and queue changes, and retention."""
+
+    def events(self, *, source: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Recent events, newest first: id, source, type, key, created_at, event (parsed)."""
+
+    def event_ids_known(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids exist."""
+
+    def deliveries(
+        self,
+        *,
+        status: DeliveryStatus | None = None,
+        webhook: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Deliveries, newest first, with event id and type, attempts and the last error."""
+
+    def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        """Every attempt of one delivery, oldest first: at, status, error, duration."""
+
+    def delivery_counts(self, webhooks: Iterable[str] = ()) -> dict[str, dict[str, int]]:
+        """webhook -> {pending, delivered, dead}; the named webhooks appear even at 0."""
+
+    def pending_by_webhook(self) -> dict[str, int]:
+        """webhook -> how many deliveries are pending for it."""
+
+    def requeue(
+        self,
+        now: float,
+        *,
+        event_ids: Sequence[str] = (),
+        dead: bool = False,
+        webhook: str | None = None,
+        source: str | None = None,
+        webhooks: Sequence[str] | None = None,
+    ) -> int:
+        """Queue matching deliveries again, due now (replay); attempt history is kept; the
+        events keep their ids. `webhooks`: only deliveries to these. Returns how many."""
+
+    def add_deliveries(self, event_id: str, webhooks: Sequence[str], now: float) -> int:
+        """Queue an event to those `webhooks` it has no delivery for yet; returns how many."""
+
+    def discard(
+        self,
+        now: float,
+        *,
+        event_ids: Sequence[str] = (),
+        webhook: str | None = None,
+        source: str | None = None,
+    ) -> tuple[int, int]:
+        """Matching pending deliveries become dead; returns (discarded, of them in flight)."""
+
+    def trim(self, before: float, *, batch: int = 5000) -> int:
+        """Delete history older than `before` in batches; pending work is always kept."""
+
+
+class Coordination(Protocol):
+    """Who polls what: the daemon's claim on the state, and one poll of a source at a time."""
+
+    @property
+    def instance_id(self) -> str:
+        """This process's name as the owner of leases."""
+
+    def hold_daemon(self) -> None:
+        """Claim the state for this process's `bridge run`; StateError if the backend allows
+        one daemon and another holds it. Held until release_daemon() or the process dies."""
+
+    def release_daemon(self) -> None:
+        """Give up the daemon's claim (a no-op when not held)."""
+
+    def daemon_running(self) -> bool:
+        """Whether a `bridge run` (other than this process) uses the state right now."""
+
+    def lease_polls(self, names: Sequence[str], now: float, until: float) -> dict[str, int]:
+        """Lease sources for polling until `until`; returns name -> lease token for those
+        granted. A source is granted only when no live lease holds it (released, expired, or
+        held by a process that is gone): so a source is polled by one process at a time, and
+        one poll at a time within it. A lease ends with the poll's commit (commit_polls)."""
+
+    def release_polls(self, leases: Mapping[str, int]) -> None:
+        """Release leases whose polls will not commit (dropped before they ran)."""
+
+
+class State(Protocol):
+    """One opened state: its parts, and its health."""
+
+    @property
+    def location(self) -> str:
+        """Where the state is: a SQLite file's path."""
+
+    @property
+    def snapshots(self) -> Snapshots:
+        """Polling's part."""
+
+    @property
+    def outbox(self) -> Outbox:
+        """The delivery queue."""
+
+    @property
+    def admin(self) -> Admin:
+        """The commands' part."""
+
+    @property
+    def coordination(self) -> Coordination:
+        """Who polls what."""
+
+    def writable(self) -> bool:
+        """Whether a write can be made right now (for /healthz); callable from a thread and
+        waiting at most about a second."""
+
+    def close(self) -> None:
+        """Close the state's connections."""

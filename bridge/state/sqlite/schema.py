@@ -1,0 +1,116 @@
+"""The state file's schema, and the steps that bring an older file up to it."""
+
+from __future__ import annotations
+
+import sqlite3
+
+# 2: the deliveries_pending index; 3: host_blocks; 4: poll leases on sources, deliveries_leased
+SCHEMA_VERSION = 4
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+    name TEXT PRIMARY KEY,
+    etag TEXT,
+    last_modified TEXT,
+    body_hash TEXT,
+    url TEXT,
+    extra BLOB,
+    baselined INTEGER NOT NULL DEFAULT 0,
+    last_poll_at REAL,
+    last_result TEXT,
+    last_error TEXT,
+    last_change_at REAL,
+    next_poll_at REAL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    failing_since REAL,
+    alerted INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_token INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL
+);
+CREATE TABLE IF NOT EXISTS items (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    content BLOB NOT NULL,
+    PRIMARY KEY (source, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS polls (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    at REAL NOT NULL,
+    result TEXT NOT NULL,
+    duration REAL,
+    error TEXT,
+    events INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS polls_at ON polls (at);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL,
+    type TEXT NOT NULL,
+    key TEXT,
+    created_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_source ON events (source, seq);
+CREATE INDEX IF NOT EXISTS events_created ON events (created_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    event_seq INTEGER NOT NULL REFERENCES events (seq),
+    webhook TEXT NOT NULL,
+    source TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_until REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (webhook, status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (webhook, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_seq);
+-- Deliveries in flight, for the per-source order check of every claim: a handful of rows.
+CREATE INDEX IF NOT EXISTS deliveries_leased ON deliveries (webhook, source)
+    WHERE status = 'pending' AND lease_until IS NOT NULL;
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+    at REAL NOT NULL,
+    status INTEGER,
+    error TEXT,
+    duration REAL
+);
+CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at);
+CREATE TABLE IF NOT EXISTS host_blocks (
+    host TEXT PRIMARY KEY,
+    until REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+# Columns added to tables of files made before them: (table, column, definition).
+ADDED_COLUMNS = (
+    ("sources", "lease_owner", "TEXT"),
+    ("sources", "lease_token", "INTEGER NOT NULL DEFAULT 0"),
+    ("sources", "lease_until", "REAL"),
+)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to SCHEMA_VERSION, inside the caller's write transaction.
+
+    Tables and indexes are created if missing (every statement is IF NOT EXISTS), then the
+    columns a file made before them lacks are added.
+    """
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    for table, column, definition in ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -1,0 +1,49 @@
+"""State files written by earlier releases: opened, migrated in place, nothing else touched."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from bridge.state import open_state
+from bridge.state.sqlite.schema import SCHEMA_VERSION
+
+# The sources table as schema 3 had it (before poll leases).
+SOURCES_V3 = """
+CREATE TABLE sources (
+    name TEXT PRIMARY KEY, etag TEXT, last_modified TEXT, body_hash TEXT, url TEXT, extra BLOB,
+    baselined INTEGER NOT NULL DEFAULT 0, last_poll_at REAL, last_result TEXT, last_error TEXT,
+    last_change_at REAL, next_poll_at REAL, failures INTEGER NOT NULL DEFAULT 0,
+    failing_since REAL, alerted INTEGER NOT NULL DEFAULT 0
+)
+"""
+
+
+def test_a_file_of_schema_2_gains_host_blocks_and_poll_leases(tmp_path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(SOURCES_V3)
+        conn.execute("INSERT INTO sources (name, etag, baselined) VALUES ('a', '\"v1\"', 1)")
+        conn.execute("PRAGMA user_version = 2")
+    state = open_state(str(path))
+    try:
+        assert state.snapshots.source_rows()["a"].fetch_state.etag == '"v1"'
+        assert state.snapshots.host_blocks(0.0) == {}
+        now = time.time()
+        assert set(state.coordination.lease_polls(["a"], now, now + 60)) == {"a"}
+    finally:
+        state.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+
+
+def test_a_file_of_a_newer_schema_is_refused(tmp_path) -> None:
+    import pytest
+
+    from bridge.errors import StateError
+
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StateError, match="newer than this bridge knows"):
+        open_state(str(path))
