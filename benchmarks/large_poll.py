@@ -25,7 +25,7 @@ from harness import change_some, large_items, write_large  # noqa: E402
 from bridge.config import load_config  # noqa: E402
 from bridge.http import HttpClient  # noqa: E402
 from bridge.polling.engine import Engine  # noqa: E402
-from bridge.state.sqlite.store import Store  # noqa: E402
+from bridge.state import open_state  # noqa: E402
 
 
 def state_bytes(path: Path) -> int:
@@ -39,10 +39,10 @@ def state_bytes(path: Path) -> int:
 async def main(config_path: str, rounds: int) -> dict[str, object]:
     """Baseline, unchanged polls, then 1%-changed polls; seconds and state growth."""
     config = load_config(config_path, os.environ)
-    store = Store(config.state)
+    state = open_state(config.state)
     out: dict[str, object] = {}
     async with HttpClient(per_host=config.per_host) as http:
-        engine = Engine(config, store, http)
+        engine = Engine(config, state, http)
 
         async def poll() -> tuple[float, str, int]:
             started = time.perf_counter()
@@ -79,7 +79,7 @@ async def main(config_path: str, rounds: int) -> dict[str, object]:
         out["changed_median_s"] = statistics.median(changed)
         out["changed_events"] = events
         out["state_growth_changed"] = growth
-    store.close()
+    state.close()
     return out
 
 

@@ -28,7 +28,7 @@ import aiohttp
 from bridge.config import load_config
 from bridge.http import HttpClient
 from bridge.polling.engine import Engine
-from bridge.state.sqlite.store import Store
+from bridge.state import open_state
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")
@@ -53,13 +53,13 @@ async def layers(config_path: Path, rounds: int) -> dict[str, list[float]]:
     config = load_config(config_path, os.environ)
     names = [s.name for s in config.sources]
     found: dict[str, list[float]] = collections.defaultdict(list)
-    store = Store(config.state)
+    state = open_state(config.state)
     try:
         async with HttpClient(per_host=config.per_host) as http:
-            engine = Engine(config, store, http)
+            engine = Engine(config, state, http)
             for _ in range(2):  # validators stored, URLs parsed: every later answer is a 304
                 await engine.poll_many(names)
-            rows = store.source_rows()
+            rows = state.snapshots.source_rows()
             sources = engine.sources
             targets = [(sources[n].spec.options["url"], rows[n].fetch_state.etag) for n in names]
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=config.per_host)
@@ -90,7 +90,7 @@ async def layers(config_path: Path, rounds: int) -> dict[str, list[float]]:
                         (time.process_time() - started) / len(names) * 1e6
                     )
     finally:
-        store.close()
+        state.close()
     return found
 
 

@@ -27,9 +27,10 @@ import os  # noqa: E402
 import sys  # noqa: E402
 
 from bridge.config import load_config  # noqa: E402
+from bridge.delivery.dispatcher import Dispatcher  # noqa: E402
 from bridge.http import HttpClient  # noqa: E402
 from bridge.polling.engine import Engine  # noqa: E402
-from bridge.state.sqlite.store import Store  # noqa: E402
+from bridge.state import open_state  # noqa: E402
 
 mark("imports")
 
@@ -38,16 +39,16 @@ async def once(config_path: str) -> None:
     """What `bridge once` does, with a mark after each phase."""
     config = load_config(config_path, os.environ)
     mark("load_config")
-    store = Store(config.state)
+    state = open_state(config.state)
     try:
         async with HttpClient(per_host=config.per_host) as http:
-            engine = Engine(config, store, http)
+            engine = Engine(config, state, http)
             await engine.poll_many([s.name for s in config.sources])
             mark("poll_many")
-            await engine.deliver_due()
+            await Dispatcher(config.webhooks, state.outbox, http).deliver_due()
             mark("deliver")
     finally:
-        store.close()
+        state.close()
 
 
 if __name__ == "__main__":

@@ -139,9 +139,9 @@ async def _partial(
     from bridge.http import HttpClient
     from bridge.polling.engine import Engine
     from bridge.polling.scheduler import Scheduler
-    from bridge.state.sqlite.store import Store
+    from bridge.state import open_state
 
-    store = Store(config.state)
+    state = open_state(config.state)
     polls = [0]
     try:
         async with (
@@ -150,8 +150,8 @@ async def _partial(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=config.per_host)
             ) as session,
         ):
-            engine = Engine(config, store, http)
-            rows = store.source_rows()
+            engine = Engine(config, state, http)
+            rows = state.snapshots.source_rows()
             sources = engine.sources
             timeout = aiohttp.ClientTimeout(total=10)
 
@@ -194,7 +194,7 @@ async def _partial(
                     flushing += time.process_time() - cpu
             scheduler.shutdown()
     finally:
-        store.close()
+        state.close()
     got = {"polls": window.polls, "cpu": window.cpu}
     if layer == "engine":
         got["flush"] = flushing

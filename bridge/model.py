@@ -81,7 +81,7 @@ class Fetched:
 
 @dataclass
 class SourceRow:
-    """What the store knows of one source between polls."""
+    """What the state knows of one source between polls."""
 
     name: str
     fetch_state: FetchState = field(default_factory=FetchState)

@@ -39,9 +39,10 @@ def once(config_path: str, mode: str) -> None:
     """One `once`-like run in this process (and its children); prints its figures."""
     started, cpu = time.perf_counter(), time.process_time()
     from bridge.config import load_config
+    from bridge.delivery.dispatcher import Dispatcher
     from bridge.http import HttpClient
     from bridge.polling.engine import Engine
-    from bridge.state.sqlite.store import Store
+    from bridge.state import open_state
 
     config = load_config(config_path, os.environ)
     names = [s.name for s in config.sources]
@@ -51,18 +52,18 @@ def once(config_path: str, mode: str) -> None:
     async def run(
         names: list[str], per_host: int, *, deliver: bool = True, until_done: bool = False
     ) -> None:
-        store = Store(config.state)
+        state = open_state(config.state)
         try:
             async with HttpClient(per_host=per_host) as http:
-                engine = Engine(config, store, http)
+                engine = Engine(config, state, http)
                 await engine.poll_many(names)
                 while until_done and not done.exists():
-                    await engine.deliver_due()
+                    await Dispatcher(config.webhooks, state.outbox, http).deliver_due()
                     await asyncio.sleep(0.02)
                 if deliver:
-                    await engine.deliver_due()
+                    await Dispatcher(config.webhooks, state.outbox, http).deliver_due()
         finally:
-            store.close()
+            state.close()
 
     children: list[int] = []
     if mode == "fork":

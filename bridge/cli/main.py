@@ -1,6 +1,6 @@
-"""The `bridge` command: with cli_common, cli_queue and cli_tools, the only place that reads argv
-and the environment, sets up logging and wires objects. Here: the group and the commands on a
-config."""
+"""The `bridge` command: with common.py, queue.py and tools.py beside it, the only place that
+reads argv and the environment, sets up logging and wires objects. Here: the group and the
+commands on a config."""
 
 from __future__ import annotations
 

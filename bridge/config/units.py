@@ -107,7 +107,7 @@ def parse_listen(value: Any) -> tuple[str, int]:
 def check_url(value: Any, *, allow_dash: bool = False) -> str:
     """The value if it is an http(s) URL (or "-" when allowed); ValueError never echoing it."""
     if allow_dash and value == "-":
-        return value
+        return "-"
     hint = "must be an http(s) URL" + (' or "-"' if allow_dash else "")
     if not isinstance(value, str):
         raise ValueError(hint)

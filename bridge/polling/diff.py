@@ -334,7 +334,9 @@ def json_patch(before: Any, after: Any, ignore: tuple[str, ...] = ()) -> list[di
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def _replaced_scalars(before: dict[str, Any], after: dict[str, Any], path: str, ops: list) -> bool:
+def _replaced_scalars(
+    before: dict[str, Any], after: dict[str, Any], path: str, ops: list[Any]
+) -> bool:
     # The common change (the same fields, some values changed) without jsonpatch's general
     # machinery, which costs about as much as the rest of a changed poll. Its result exactly:
     # replaces in `before`'s key order, nested objects walked the same way. False (and jsonpatch

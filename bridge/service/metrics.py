@@ -14,7 +14,13 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _float_to_go_string
+
+
+def _go_float(value: float) -> str:
+    """A bucket bound as Prometheus writes it (prometheus-client's own helper, untyped)."""
+    return str(_float_to_go_string(value))  # type: ignore[no-untyped-call]
+
 
 # Upper bounds of bridge_poll_duration_seconds, ending with +Inf: prometheus_client's defaults.
 DURATION_BOUNDS: tuple[float, ...] = Histogram.DEFAULT_BUCKETS
@@ -71,7 +77,7 @@ class _CountsCollector(Collector):
         cumulative, total = [], 0
         for bound, n in zip(DURATION_BOUNDS, m.duration_buckets, strict=True):
             total += n
-            cumulative.append((floatToGoString(bound), total))
+            cumulative.append((_go_float(bound), total))
         yield HistogramMetricFamily(
             "bridge_poll_duration_seconds",
             "Wall time of one poll, fetch to commit.",
