@@ -318,8 +318,8 @@ class HttpClient:
         return response
 
     def _target(self, url: str) -> tuple[yarl.URL | str, str]:
-        # (the URL as aiohttp takes it, its host key): parsing each URL once saves every poll
-        # about 10 us, a steady daemon polls the same URLs all day.
+        # (the URL as aiohttp takes it, its host key): each URL is parsed once, since a steady
+        # daemon polls the same URLs all day.
         hit = self._targets.get(url)
         if hit is None:
             try:

@@ -1,9 +1,9 @@
 """When each source is polled: one heap of due times, and lanes of polls per host.
 
-Intervals are kept in one heap driven by one event-loop timer. APScheduler's AsyncIOScheduler
-cost about 85 us of CPU per job run with 10,000 jobs (datetimes, job stores, events, an executor):
-as much as the poll's own HTTP request. Crontab lines still go through APScheduler's CronTrigger,
-which only computes the next fire time.
+Intervals are kept in one heap driven by one event-loop timer: APScheduler's AsyncIOScheduler
+cost as much CPU per job run as the poll's own HTTP request (datetimes, job stores, events, an
+executor; benchmarks/RESULTS.md). Crontab lines still go through APScheduler's CronTrigger, which
+only computes the next fire time.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ DropFunc = Callable[[list[str]], None]  # claimed sources whose polls will not r
 # user sees the first results at once, spread enough that a restart is not a burst.
 MAX_START_SPREAD = 10.0
 # Jobs due within this many seconds run together, on one timer wake-up (a job never earlier
-# than a tenth of its interval). Measured with 10,000 sources polled every 60 s: one request at a
-# time costs aiohttp and the event loop about 600 us of CPU each, a burst about 200 us.
+# than a tenth of its interval): requests sent in a burst cost aiohttp and the event loop a
+# fraction of what the same requests cost one at a time, and one wake-up takes one lease.
 SLACK = 1.0
 
 
@@ -95,7 +95,7 @@ class Scheduler:
     Sources with a lane (the host they poll) wait in that lane's queue, first come first served,
     for one of at most `lane_width` runner tasks: the HTTP client lets no more requests at a
     host at once anyway. Thousands of polls due together at one host then cost a few long-lived
-    tasks instead of a task and a wait at the host's gate each (about 10 us a poll). A source
+    tasks instead of a task and a wait at the host's gate each. A source
     without a lane gets a task of its own.
     """
 

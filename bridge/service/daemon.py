@@ -21,8 +21,8 @@ from bridge.state import State, open_state
 log = logging.getLogger("bridge.service.daemon")
 
 # Seconds between writes of buffered unchanged polls. Each write touches the pages of every row it
-# updates: at 10,000 sources every 60 s, a write a second cost 11-14 us of CPU per poll, one
-# every 10 s 5.5-6.6 us. A crash loses at most these timestamps, which only bring a poll forward.
+# updates, so fewer, larger writes cost less per poll (benchmarks/RESULTS.md). A crash loses at
+# most these timestamps, which only bring a poll forward.
 FLUSH_INTERVAL = 10.0
 TRIM_INTERVAL = 3600.0  # seconds between retention passes
 FIRST_TRIM = 5.0  # the first pass comes soon after start, once the first polls are under way

@@ -31,7 +31,8 @@ class Metrics:
 
     Counts are plain ints in dicts, turned into metric families when scraped: a poll bumps a
     few ints instead of going through prometheus_client's children, whose lock and method calls
-    were about 5% of the daemon's CPU per poll. Everything runs on the event loop, so no lock.
+    were a measurable share of the daemon's CPU per poll. Everything runs on the event loop, so
+    no lock.
     """
 
     def __init__(self) -> None:

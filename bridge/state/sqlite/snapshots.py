@@ -15,8 +15,8 @@ from bridge.state.base import Touched
 from bridge.state.sqlite.connection import Database, chunks
 from bridge.state.sqlite.rows import SOURCE_COLUMNS, row_from, row_values
 
-# An upsert updates the row in place: a third of the cost of INSERT OR REPLACE's delete and
-# insert. Writing a poll's row ends the lease it ran under.
+# An upsert updates the row in place, cheaper than INSERT OR REPLACE's delete and insert.
+# Writing a poll's row ends the lease it ran under.
 _UPSERT_SOURCE = (
     f"INSERT INTO sources ({SOURCE_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
     "ON CONFLICT (name) DO UPDATE SET "
