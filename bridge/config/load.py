@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge.config.units import (
-    check_jmespath,
     check_url,
     cron_to_apscheduler,
     format_duration,
@@ -114,8 +113,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 def _no_gc() -> Iterator[None]:
     """The cyclic garbage collector paused: loading makes objects that all live on.
 
-    Its full passes walked the growing YAML tree again and again: about a third of loading
-    5,000 sources (0.35 of 1.1 s). Reference counting still frees what loading drops.
+    Its full passes walked the growing YAML tree again and again, a large share of loading a
+    big config (benchmarks/RESULTS.md). Reference counting still frees what loading drops.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -357,9 +356,6 @@ class _Builder(ValueReader):
                 options[key] = _own_copy(opt.default)
                 continue
             options[key], origins[key] = self.typed(value, at, opt, key in SECRET_NAMES), at
-            if cls.kind == "http" and key in ("items", "key") and isinstance(options[key], str):
-                # the http plugin's items:/key: are JMESPath; a typo should fail here, not per poll
-                self.parsed(check_jmespath, options[key], at)
         try:
             problems = cls.check(options)
         except Exception as exc:  # a plugin's bug must not become a traceback in `bridge check`
@@ -390,6 +386,15 @@ class _Builder(ValueReader):
             return self.delay(value, path)
         elif kind == "size":
             return self.size(value, path)
+        elif kind == "jmespath":
+            # polls compile with this same function: what passes here runs, in the same words
+            from bridge.jmespath import ExpressionError, compile_jmespath
+
+            try:
+                compile_jmespath(value)
+            except ExpressionError as exc:
+                hidden = opt.secret or secret_name  # a secret's value is never repeated
+                raise self.err(path, exc.problem if hidden else str(exc)) from None
         elif kind == "mapping" and not isinstance(value, dict):
             raise self.err(path, "must be a mapping")
         elif kind == "list" and not isinstance(value, list):
@@ -407,7 +412,8 @@ _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
 def _own_copy(value: Any) -> Any:
     """A value a source may keep as its own: mappings and lists copied, scalars shared."""
-    # deepcopy of each default of each source cost about 0.1 s of loading 5,000 sources
+    # Not deepcopy: copying each default of each source that way was a visible part of
+    # loading a large config (benchmarks/RESULTS.md).
     kind = type(value)
     if kind in _IMMUTABLE:
         return value
