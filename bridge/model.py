@@ -16,8 +16,9 @@ ChangeKind = Literal["added", "changed", "removed"]
 CHANGE_KINDS = frozenset({"added", "changed", "removed"})
 
 # Option types understood by the config loader; plugins declare their options with these.
+# "jmespath" is a string that must compile as polls compile it (`bridge check` refuses it if not).
 OPTION_TYPES = frozenset(
-    {"str", "int", "bool", "duration", "size", "mapping", "list", "choice", "any"}
+    {"str", "int", "bool", "duration", "size", "mapping", "list", "choice", "jmespath", "any"}
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from bridge.config import Config, load_config, redacted
 from bridge.config.units import cron_to_apscheduler, parse_duration, parse_size
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, SourceError
 from bridge.sources import registry
 from bridge.sources.base import Fetched, FetchState, Option, Source
 
@@ -215,6 +216,8 @@ class _FakeSource(Source):
         "wait": Option("duration", default=1.0),
         "limit": Option("size", default=100),
         "extra": Option("list", default=[]),
+        "cursor": Option("jmespath", help="JMESPath of the next page's cursor"),
+        "hidden": Option("jmespath", secret=True),
     }
 
     async def fetch(self, http: Any, state: FetchState) -> Fetched:
@@ -253,6 +256,8 @@ def test_plugin_option_from_defaults_only_where_declared(tmp_path: Path, fake_ki
         "wait": 120,
         "limit": 1024,
         "extra": [],
+        "cursor": None,
+        "hidden": None,
     }
     assert "flavour" not in h.options and h.options["max_pages"] == 2
 
@@ -525,10 +530,10 @@ def test_missing_required_plugin_option(tmp_path: Path) -> None:
 def test_bad_jmespath(tmp_path: Path) -> None:
     base = "sources:\n  - name: a\n    kind: http\n    url: https://x.example\n"
     assert error(tmp_path, base + "    items: 'components[?'\n") == (
-        "5: sources[0].items: invalid JMESPath: the expression is incomplete"
+        "5: sources[0].items: bad JMESPath expression 'components[?': it is incomplete"
     )
     assert error(tmp_path, base + "    key: a-b\n") == (
-        "5: sources[0].key: invalid JMESPath: Unknown token '-' at column 1"
+        "5: sources[0].key: bad JMESPath expression 'a-b': Unknown token '-' at column 1"
     )
 
 
@@ -537,11 +542,125 @@ def test_a_bad_jmespath_fails_every_source_that_repeats_it(tmp_path: Path) -> No
     good = "  - name: a\n    kind: http\n    url: https://x.example\n    items: items\n"
     bad = "  - name: {}\n    kind: http\n    url: https://x.example\n    items: 'a['\n"
     assert error(tmp_path, "sources:\n" + good + bad.format("b")).startswith(
-        "9: sources[1].items: invalid JMESPath"
+        "9: sources[1].items: bad JMESPath expression"
     )
     assert error(tmp_path, "sources:\n" + bad.format("c")).startswith(
-        "5: sources[0].items: invalid JMESPath"
+        "5: sources[0].items: bad JMESPath expression"
     )
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ("sort_byy(@, &id)", "unknown function sort_byy()"),
+        ("components[?lenght(name) > `3`]", "unknown function lenght()"),
+        ("sort_by(@)", "sort_by() takes 2 arguments, not 1"),
+        ("sort_by(@, id)", "argument 2 of sort_by() must be an expression reference, as in &field"),
+        ("length(&id)", "argument 1 of length() cannot be an expression reference (&...)"),
+        ("components[::0]", "a slice's step cannot be 0"),
+        ("components[?", "it is incomplete"),
+        ("a ^ b", "Unknown token ^ at column 2"),
+    ],
+)
+def test_check_refuses_what_every_poll_would_fail_on(
+    tmp_path: Path, expr: str, problem: str
+) -> None:
+    # jmespath finds unknown functions, arity and `&` mistakes only while searching: per poll
+    base = "sources:\n  - name: a\n    kind: http\n    url: https://x.example\n"
+    quoted = expr.replace("'", "''")
+    assert error(tmp_path, base + f"    items: '{quoted}'\n") == (
+        f"5: sources[0].items: bad JMESPath expression {expr!r}: {problem}"
+    )
+
+
+def test_a_jmespath_option_must_be_a_string(tmp_path: Path) -> None:
+    base = "sources:\n  - name: a\n    kind: http\n    url: https://x.example\n"
+    assert error(tmp_path, base + "    key: [id]\n") == (
+        "5: sources[0].key: bad JMESPath expression: it must be a string, not list"
+    )
+
+
+def test_a_third_party_jmespath_option_is_checked_by_its_type(
+    tmp_path: Path, fake_kind: None
+) -> None:
+    # The loader knows no plugin's option names: Option("jmespath") is all it takes.
+    base = "sources:\n  - name: f\n    kind: fake\n"
+    assert error(tmp_path, base + "    cursor: 'sort_byy(@, &id)'\n") == (
+        "4: sources[0].cursor: bad JMESPath expression 'sort_byy(@, &id)': "
+        "unknown function sort_byy()"
+    )
+    assert error(tmp_path, base + "    cursor: 'next['\n") == (
+        "4: sources[0].cursor: bad JMESPath expression 'next[': it is incomplete"
+    )
+    options = load(tmp_path, base + "    cursor: meta.next\n").sources[0].options
+    assert options["cursor"] == "meta.next"
+    # a secret's value is never repeated, even a wrong one
+    assert error(tmp_path, base + "    hidden: 'hunter2('\n") == (
+        "4: sources[0].hidden: bad JMESPath expression: it is incomplete"
+    )
+
+
+_FUNCTION_NAMES = (
+    "sort_by", "sort_byy", "length", "lenght", "max_by", "to_number", "to_string", "keys",
+    "not_null", "merge", "contains",
+)  # fmt: skip
+_ARGUMENTS = ("@", "&id", "id", "components", "`1`", "&length(name)", "a || &b", "not_null(&id)")
+_EXPRESSIONS = st.one_of(
+    st.builds(
+        lambda name, args: f"{name}({', '.join(args)})",
+        st.sampled_from(_FUNCTION_NAMES),
+        st.lists(st.sampled_from(_ARGUMENTS), max_size=3),
+    ),
+    st.builds(
+        lambda head, tail: head + tail,
+        st.sampled_from(("components", "@", "items[*]", "a.b", "[0]", "a[::", "[?x")),
+        st.sampled_from(("", "[]", "[0]", "[::0]", "[::2]", ".id", " | [0", "[?id > `1`]", "(")),
+    ),
+    st.text(alphabet="abc@&*.[]()?|!=<>`'\"{}:, 0123456789-^", max_size=20),
+)
+
+
+# `foo` (not JSON) is jmespath's deprecated but accepted spelling of the string "foo"
+@pytest.mark.filterwarnings("ignore:deprecated string literal syntax:PendingDeprecationWarning")
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(expr=_EXPRESSIONS)
+def test_check_accepts_an_expression_exactly_when_polls_can_run_it(
+    tmp_path: Path, expr: str
+) -> None:
+    from bridge.polling.diff import index_items, select
+
+    path = write(
+        tmp_path,
+        "sources:\n  - name: a\n    kind: http\n    url: https://x.example\n"
+        f"    items: {json.dumps(expr)}\n",
+    )
+    try:
+        load_config(path, env={})
+        checked = None
+    except ConfigError as exc:
+        checked = exc.problem
+    # what a poll runs: the items expression over each page, then the key over each item
+    page = {"components": [{"id": 1, "name": "x"}]}
+    try:
+        select([page], expr)
+        polled = None
+    except SourceError as exc:
+        polled = str(exc)
+    try:
+        index_items([page], expr, ())
+        keyed = None
+    except SourceError as exc:
+        keyed = str(exc)
+    if checked is None:
+        # accepted by the check: the poll compiles it (its data may still not fit)
+        for message in (polled, keyed):
+            assert message is None or not message.startswith("bad JMESPath"), (expr, message)
+    else:
+        assert polled == keyed == checked, expr
 
 
 @pytest.mark.parametrize(

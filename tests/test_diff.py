@@ -55,6 +55,57 @@ def test_compile_expr_rejects_a_non_string() -> None:
         compile_expr(["id"])  # type: ignore[arg-type]
 
 
+_DATA = {"a": [{"id": 2}, {"id": 1}], "b": {"x": 1}}
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ("sort_by(a)", r"sort_by\(\) takes 2 arguments, not 1"),
+        ("merge()", r"merge\(\) takes at least 1 argument, not 0"),
+        ("sort_by(a, id)", r"argument 2 of sort_by\(\) must be an expression reference"),
+        ("max_by(a, `1`)", r"argument 2 of max_by\(\) must be an expression reference"),
+        ("length(&id)", r"argument 1 of length\(\) cannot be an expression reference"),
+        ("to_number(&id)", r"argument 1 of to_number\(\) cannot be an expression reference"),
+        ("a[::0]", r"a slice's step cannot be 0"),
+        ("a[?keys(@) == sort_byy(b)]", r"unknown function sort_byy\(\)"),
+    ],
+)
+def test_compile_expr_refuses_what_fails_every_evaluation(expr: str, problem: str) -> None:
+    # jmespath itself finds these only while searching, whatever the data: a poll would fail
+    with pytest.raises((ValueError, TypeError)):
+        jmespath.search(expr, _DATA)
+    with pytest.raises(ValueError, match=problem):
+        compile_expr(expr)
+
+
+@pytest.mark.parametrize(
+    "expr", ["to_string(&id)", "to_array(&id)", "&id", "type(&id)", "not_null(&id)"]
+)
+def test_compile_expr_refuses_an_expression_reference_where_no_json_comes_of_it(
+    expr: str,
+) -> None:
+    # jmespath runs these, and the "value" is the repr of an object (a new one each poll) or None
+    found = jmespath.search(expr, _DATA)
+    assert found is None or "_Expression object" in str(found)
+    with pytest.raises(ValueError, match="expression reference"):
+        compile_expr(expr)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "sort_by(a, &id)[*].id",
+        "sort_by(a, not_null(&id))[*].id",  # not_null passes its `&id` through
+        "sort_by(a, `null` || &id)[*].id",
+        "not_null(z, a)[::-1].id",
+        "merge(b, b) | keys(@)",
+    ],
+)
+def test_compile_expr_accepts_what_can_run(expr: str) -> None:
+    assert compile_expr(expr).search(_DATA) == jmespath.search(expr, _DATA)
+
+
 # select
 
 

@@ -394,7 +394,8 @@ class _Builder(ValueReader):
                 compile_jmespath(value)
             except ExpressionError as exc:
                 hidden = opt.secret or secret_name  # a secret's value is never repeated
-                raise self.err(path, exc.problem if hidden else str(exc)) from None
+                problem = f"bad JMESPath expression: {exc.problem}" if hidden else str(exc)
+                raise self.err(path, problem) from None
         elif kind == "mapping" and not isinstance(value, dict):
             raise self.err(path, "must be a mapping")
         elif kind == "list" and not isinstance(value, list):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import math
 import re
 from collections.abc import Mapping
@@ -135,32 +134,6 @@ def parse_secret(value: Any) -> str:
     if len(key) < 16:
         raise ValueError(f"decodes to {len(key)} bytes; at least 16 are needed")
     return value
-
-
-def check_jmespath(expr: str) -> None:
-    """Compile a JMESPath expression; ValueError with a one-line reason if it is invalid."""
-    problem = _jmespath_problem(expr)
-    if problem is not None:
-        raise ValueError(problem)
-
-
-# Large configs repeat one expression (`items: items`) in every source: checked once each.
-@functools.lru_cache(maxsize=1024)
-def _jmespath_problem(expr: str) -> str | None:
-    import jmespath
-    from jmespath import exceptions
-
-    try:
-        jmespath.compile(expr)
-    except exceptions.IncompleteExpressionError:
-        return "invalid JMESPath: the expression is incomplete"
-    except exceptions.LexerError as exc:
-        return f"invalid JMESPath: {exc.message} at column {exc.lexer_position}"
-    except exceptions.ParseError as exc:
-        return f"invalid JMESPath: {exc.msg} at column {exc.lex_position}"
-    except exceptions.JMESPathError as exc:
-        return f"invalid JMESPath: {str(exc).splitlines()[0]}"
-    return None
 
 
 def check_templates(value: Any, path: tuple[str | int, ...] = ()) -> None:

@@ -9,15 +9,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import jmespath
 import jmespath.exceptions
-import jmespath.functions
 import jmespath.parser
 import jmespath.visitor
 import jsonpatch
 import orjson
 
 from bridge.errors import SourceError
+from bridge.jmespath import OPTIONS, compile_jmespath, one_line
 
 __all__ = [
     "Diff",
@@ -40,54 +39,8 @@ _DROP = object()
 
 def compile_expr(expr: str) -> jmespath.parser.ParsedResult:
     """Compile a JMESPath expression once; ValueError with a one-line message when it is bad."""
-    # Checked before the cache, which would raise TypeError for a list or mapping from YAML.
-    if not isinstance(expr, str):
-        raise ValueError(f"a JMESPath expression must be a string, not {type(expr).__name__}")
-    return _compile(expr)
-
-
-@functools.lru_cache(maxsize=512)
-def _compile(expr: str) -> jmespath.parser.ParsedResult:
-    try:
-        parsed = jmespath.compile(expr)
-    except jmespath.exceptions.JMESPathError as exc:
-        raise ValueError(f"bad JMESPath expression {expr!r}: {_parse_problem(exc)}") from exc
-    # jmespath looks functions up only when it runs; a typo should fail `bridge check`, not polls.
-    unknown = _unknown_function(parsed.parsed)
-    if unknown is not None:
-        raise ValueError(f"bad JMESPath expression {expr!r}: unknown function {unknown}()")
-    return parsed
-
-
-_FUNCTIONS = frozenset(jmespath.functions.Functions().FUNCTION_TABLE)
-
-
-def _unknown_function(node: Mapping[str, Any]) -> str | None:
-    if node["type"] == "function_expression" and node["value"] not in _FUNCTIONS:
-        return str(node["value"])
-    for child in node.get("children", ()):
-        # A slice's children are its bounds: ints or None, not nodes.
-        found = _unknown_function(child) if isinstance(child, dict) else None
-        if found is not None:
-            return found
-    return None
-
-
-def _parse_problem(exc: jmespath.exceptions.JMESPathError) -> str:
-    # jmespath's own messages span three lines (message, expression, caret); config errors are one.
-    if isinstance(exc, jmespath.exceptions.EmptyExpressionError):
-        return "it is empty"
-    if isinstance(exc, jmespath.exceptions.IncompleteExpressionError):
-        return "it is incomplete"
-    if isinstance(exc, jmespath.exceptions.LexerError):
-        return f"{exc.message} at column {exc.lex_position}"
-    if isinstance(exc, jmespath.exceptions.ParseError):
-        return f"{exc.msg} at column {exc.lex_position}"
-    return _one_line(exc)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    # bridge.jmespath is the one compiler: `bridge check` refuses exactly what it refuses.
+    return compile_jmespath(expr)
 
 
 def _compiled(expr: str) -> jmespath.parser.ParsedResult:
@@ -113,9 +66,9 @@ def select(pages: list[Any], items_expr: str | None) -> Any:
     items: list[Any] = []
     for page in pages:
         try:
-            found = parsed.search(page)
+            found = parsed.search(page, OPTIONS)
         except jmespath.exceptions.JMESPathError as exc:
-            raise SourceError(f"items expression {items_expr!r} failed: {_one_line(exc)}") from exc
+            raise SourceError(f"items expression {items_expr!r} failed: {one_line(exc)}") from exc
         if found is None:
             raise SourceError(f"items expression {items_expr!r} found nothing")
         if not isinstance(found, list):
@@ -241,14 +194,14 @@ def _key_getter(expr: str) -> Callable[[Any], Any]:
         return lambda item: item.get(name) if isinstance(item, dict) else None
     if names is not None:
         return lambda item: _lookup(item, names)
-    visit = jmespath.visitor.TreeInterpreter().visit
+    visit = jmespath.visitor.TreeInterpreter(OPTIONS).visit
     tree = parsed.parsed
 
     def search(item: Any) -> Any:
         try:
             return visit(tree, item)
         except jmespath.exceptions.JMESPathError as exc:
-            raise SourceError(f"key expression {expr!r} failed: {_one_line(exc)}") from exc
+            raise SourceError(f"key expression {expr!r} failed: {one_line(exc)}") from exc
 
     return search
 

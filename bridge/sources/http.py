@@ -42,8 +42,8 @@ class HttpSource(Source):
         "body": Option("str"),
         "json": Option("any"),
         "auth": AUTH_OPTION,
-        "items": Option("str", help="JMESPath selecting the list of items"),
-        "key": Option("str", help="JMESPath giving each item's identity"),
+        "items": Option("jmespath", help="JMESPath selecting the list of items"),
+        "key": Option("jmespath", help="JMESPath giving each item's identity"),
         "paginate": Option("choice", choices=("link",)),
         "max_pages": Option("int", default=10),
     }
