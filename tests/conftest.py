@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from aiohttp import web
 
 from bridge.config import load_config
@@ -210,6 +211,56 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Indents a list under its key, as configs are written by hand."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        return super().increase_indent(flow, False)
+
+
+def bridge_config(
+    *sources: dict[str, Any],
+    state: str | None = "state.db",
+    webhooks: dict[str, dict[str, Any]] | None = None,
+    defaults: dict[str, Any] | None = None,
+    http: dict[str, Any] | None = None,
+    **top: Any,
+) -> str:
+    """A bridge.yaml text of these Python values, keys in the order given: `state`, any other
+    top-level keys (`grace=...`), `http`, `defaults`, `webhooks`, then `sources`. A section that
+    is None (or no sources) is left out. Short lists and mappings of plain values are written in
+    flow style (`webhooks: [hook]`, `headers: {X-Team: ops}`), strings quoted only where YAML
+    needs it; `${ENV}` references stay as they are, for the loader to fill in."""
+    doc = {"state": state, **top, "http": http, "defaults": defaults, "webhooks": webhooks}
+    doc["sources"] = list(sources) or None
+    return yaml.dump(
+        {k: v for k, v in doc.items() if v is not None},
+        Dumper=_ConfigDumper,
+        sort_keys=False,
+        default_flow_style=None,
+        width=10_000,
+        allow_unicode=True,
+    )
+
+
+def source(name: str, kind: str, **options: Any) -> dict[str, Any]:
+    """One `sources:` entry."""
+    return {"name": name, "kind": kind, **options}
+
+
+def http_source(name: str, url: str, **options: Any) -> dict[str, Any]:
+    """One `kind: http` source."""
+    return source(name, "http", url=url, **options)
+
+
+def webhook(url: str, secret: str | list[str] | None = None, **options: Any) -> dict[str, Any]:
+    """One `webhooks:` entry; url "-" prints each delivery to stdout."""
+    return {"url": url, **({} if secret is None else {"secret": secret}), **options}
+
+
+STDOUT = {"out": webhook("-")}  # `webhooks: {out: {url: "-"}}`, for sources that send to [out]
 
 
 @dataclass

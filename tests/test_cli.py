@@ -8,35 +8,42 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 from standardwebhooks import Webhook
 
-from tests.conftest import SECRET, Origin, Receiver, run_cli, wait_for
+from tests.conftest import (
+    SECRET,
+    Origin,
+    Receiver,
+    bridge_config,
+    http_source,
+    run_cli,
+    wait_for,
+    webhook,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CONFIG = """
-state: state.db
-webhooks:
-  hook:
-    url: {hook}
-    secret: ${{HOOK_SECRET}}
-    retry: [50ms]
-sources:
-  - name: api
-    kind: http
-    url: {origin}
-    items: "@"
-    key: id
-    every: 1h
-    webhooks: [hook]
-"""
+pytestmark = pytest.mark.slow  # every test runs `bridge` in a subprocess
+
+
+def hook(receiver: Receiver, name: str = "hook", **options: Any) -> dict[str, dict[str, Any]]:
+    """`webhooks:` of one, `hook` unless named, signed with $HOOK_SECRET, one retry."""
+    return {name: webhook(receiver.url(), "${HOOK_SECRET}", **{"retry": ["50ms"], **options})}
+
+
+def api(origin: Origin, **options: Any) -> dict[str, Any]:
+    """The source `api`: the origin's /items by id, polled hourly, sent to `hook`."""
+    defaults = {"items": "@", "key": "id", "every": "1h", "webhooks": ["hook"]}
+    return http_source("api", origin.url("/items"), **{**defaults, **options})
 
 
 def setup(write_config, origin: Origin, receiver: Receiver) -> Path:
     origin.set("/items", [{"id": 1, "v": 1}])
-    return write_config(CONFIG.format(hook=receiver.url(), origin=origin.url("/items")))
+    return write_config(bridge_config(api(origin), webhooks=hook(receiver)))
 
 
 ENV = {"HOOK_SECRET": SECRET}
@@ -67,6 +74,28 @@ def test_check_reports_file_line_key_and_exits_2(write_config) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ("sort_byy(@, &id)", "unknown function sort_byy()"),
+        ("components[?", "it is incomplete"),
+        ("sort_by(@, id)", "argument 2 of sort_by() must be an expression reference, as in &field"),
+    ],
+)
+def test_check_refuses_an_expression_polls_cannot_run(
+    write_config, expr: str, problem: str
+) -> None:
+    # these passed `bridge check` and then failed every poll
+    path = write_config(
+        f"sources:\n  - name: a\n    kind: http\n    url: http://x\n    items: {expr!r}\n"
+    )
+    result = run_cli("check", "-c", str(path))
+    assert result.code == 2, result.stdout
+    assert result.stderr.strip().splitlines() == [
+        f"bridge: {path}:5: sources[0].items: bad JMESPath expression {expr!r}: {problem}"
+    ]
+
+
 def test_missing_env_var_is_named_without_a_traceback(write_config, origin, receiver) -> None:
     path = setup(write_config, origin, receiver)
     empty = run_cli("check", "-c", str(path), env={"HOOK_SECRET": ""})
@@ -75,7 +104,8 @@ def test_missing_env_var_is_named_without_a_traceback(write_config, origin, rece
         [sys.executable, "-m", "bridge", "check", "-c", str(path)],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
-    assert proc.returncode == 2 and "HOOK_SECRET" in proc.stderr and ":6:" in proc.stderr
+    line = path.read_text().splitlines().index("    secret: ${HOOK_SECRET}") + 1
+    assert proc.returncode == 2 and "HOOK_SECRET" in proc.stderr and f":{line}:" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert empty.code == 2 and "hook" in empty.stderr  # an empty secret is no secret either
 
@@ -122,38 +152,6 @@ def test_once_exits_1_when_a_poll_fails_and_keeps_deliveries(write_config, origi
     time.sleep(0.1)
     assert run_cli("once", "-c", str(path), env=ENV).code == 0
     assert receiver.events()[-1]["type"] == "item.changed"
-
-
-def test_a_429_keeps_the_next_once_off_the_host_until_it_said(write_config, origin) -> None:
-    # cron runs `once` a minute apart: the host's Retry-After must outlive the process
-    import sqlite3
-
-    origin.set("/items", body=b"slow down", status=429, headers={"Retry-After": "3600"})
-    path = write_config(
-        f"""
-        state: state.db
-        sources:
-          - name: api
-            kind: http
-            url: {origin.url("/items")}
-        """
-    )
-    first = run_cli("once", "-c", str(path), env=ENV)
-    assert first.code == 1 and "HTTP 429" in first.stderr
-    assert len(origin.hits("/items")) == 1
-
-    second = run_cli("once", "-c", str(path), env=ENV)
-    host = f"127.0.0.1:{origin.server.port}"
-    assert second.code == 1 and f"rate limited by {host}: waiting until" in second.stderr
-    assert len(origin.hits("/items")) == 1  # not asked again
-
-    # once the wait is over, the host is polled again
-    with sqlite3.connect(path.parent / "state.db") as conn:
-        assert conn.execute("SELECT host FROM host_blocks").fetchall() == [(host,)]
-        conn.execute("UPDATE host_blocks SET until = 0")
-    origin.set("/items", [{"id": 1}])
-    assert run_cli("once", "-c", str(path), env=ENV).code == 0
-    assert len(origin.hits("/items")) == 2
 
 
 def test_unknown_source_name_is_usage_error(write_config, origin, receiver) -> None:
@@ -220,7 +218,9 @@ def test_discard_gives_up_on_a_removed_webhooks_queue_and_replay_takes_it_back(
     receiver.answer(500)
     run_cli("once", "-c", str(path), env=ENV)  # one attempt, refused: the delivery waits
     [sent] = receiver.received
-    path.write_text(with_hook.replace("  hook:", "  other:").replace("[hook]", "[other]"))
+    path.write_text(
+        bridge_config(api(origin, webhooks=["other"]), webhooks=hook(receiver, "other"))
+    )
 
     table = run_cli("status", "-c", str(path), env=ENV).stdout
     assert "`bridge discard --webhook hook` gives up on them" in table
@@ -269,8 +269,7 @@ def test_discard_takes_only_pending_deliveries_and_an_attempt_in_flight_still_en
     from bridge.model import Finished
     from bridge.state import open_state
 
-    text = CONFIG.format(hook=receiver.url(), origin=origin.url("/items"))
-    path = write_config(text.replace("retry: [50ms]", "retry: [1h]"))
+    path = write_config(bridge_config(api(origin), webhooks=hook(receiver, retry=["1h"])))
     origin.set("/items", [{"id": 1, "v": 1}])
     run_cli("once", "-c", str(path), env=ENV)
     origin.set("/items", [{"id": 1, "v": 1}, {"id": 2, "v": 1}])
@@ -322,11 +321,8 @@ def test_discard_takes_only_pending_deliveries_and_an_attempt_in_flight_still_en
 
 
 def test_discard_by_event_id_and_webhook(write_config, origin, receiver) -> None:
-    text = CONFIG.format(hook=receiver.url(), origin=origin.url("/items"))
-    twice = text.replace("retry: [50ms]", "retry: [1h]").replace(
-        "sources:", f"  copy:\n    url: {receiver.url()}\n    secret: ${{HOOK_SECRET}}\nsources:"
-    )
-    path = write_config(twice.replace("webhooks: [hook]", "webhooks: [hook, copy]"))
+    twice = {**hook(receiver, retry=["1h"]), "copy": webhook(receiver.url(), "${HOOK_SECRET}")}
+    path = write_config(bridge_config(api(origin, webhooks=["hook", "copy"]), webhooks=twice))
     origin.set("/items", [{"id": 1, "v": 1}])
     run_cli("once", "-c", str(path), env=ENV)
     origin.set("/items", [{"id": 1, "v": 2}, {"id": 2, "v": 1}])
@@ -354,10 +350,9 @@ def test_discard_by_event_id_and_webhook(write_config, origin, receiver) -> None
 
 def test_run_delivers_and_stops_on_sigterm(write_config, origin, receiver) -> None:
     origin.set("/items", [{"id": 1}])
-    text = CONFIG.format(hook=receiver.url(), origin=origin.url("/items")).replace(
-        "every: 1h", "every: 1s\n    jitter: 0s"
+    path = write_config(
+        bridge_config(api(origin, every="1s", jitter="0s"), webhooks=hook(receiver))
     )
-    path = write_config(text)
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "run", "-c", str(path)],
         env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

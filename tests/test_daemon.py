@@ -2,52 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from standardwebhooks import Webhook
 
-from tests.conftest import SECRET, Origin, Receiver, run_cli, wait_for
+from bridge.model import Finished, NewEvent, PollCommit
+from bridge.state import State, open_state
+from tests.conftest import (
+    SECRET,
+    Origin,
+    Receiver,
+    bridge_config,
+    http_source,
+    run_cli,
+    wait_for,
+    webhook,
+)
 
 ENV = {**os.environ, "HOOK_SECRET": SECRET}
 
-HEAD = """
-state: state.db
-grace: {grace}
-webhooks:
-  hook:
-    url: {hook}
-    secret: ${{HOOK_SECRET}}
-    retry: [100ms, 100ms, 100ms, 100ms, 100ms, 100ms, 100ms, 100ms, 100ms, 100ms]
-    concurrency: 2
-    timeout: 2s
-sources:
-"""
-
-SOURCE = """
-  - name: {name}
-    kind: http
-    url: {url}
-    items: "@"
-    key: id
-    every: {every}
-    jitter: 0s
-    timeout: 5s
-    webhooks: [hook]
-"""
+pytestmark = pytest.mark.slow  # every test starts `bridge` processes
 
 
-def config(receiver: Receiver, sources: list[tuple[str, str]], every: str = "1s", grace="10s"):
-    text = HEAD.format(hook=receiver.url(), grace=grace)
-    return text + "".join(SOURCE.format(name=n, url=u, every=every) for n, u in sources)
+def hook(receiver: Receiver, name: str = "hook", **options: Any) -> dict[str, dict[str, Any]]:
+    """`webhooks:` of one, `hook` unless named: quick retries, two deliveries at a time."""
+    options = {"retry": ["100ms"] * 10, "concurrency": 2, "timeout": "2s", **options}
+    return {name: webhook(receiver.url(), "${HOOK_SECRET}", **options)}
+
+
+def polled(name: str, url: str, **options: Any) -> dict[str, Any]:
+    """A source of items keyed by id, polled every second without jitter, sent to `hook`."""
+    defaults = {"items": "@", "key": "id", "every": "1s", "jitter": "0s", "timeout": "5s"}
+    return http_source(name, url, **{**defaults, "webhooks": ["hook"], **options})
 
 
 def start(path: Path) -> subprocess.Popen[str]:
@@ -58,6 +56,16 @@ def start(path: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@contextlib.contextmanager
+def state_of(path: Path) -> Iterator[State]:
+    """The state file of the config at `path`, opened as another process would."""
+    state = open_state(str(path.parent / "state.db"), create=False)
+    try:
+        yield state
+    finally:
+        state.close()
 
 
 def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -72,11 +80,15 @@ def test_sighup_reload_adds_removes_and_refuses_bad_config(
 ) -> None:
     origin.set("/a", [{"id": 1}])
     origin.set("/b", [{"id": 1}])
-    path = write_config(config(receiver, [("a", origin.url("/a"))]))
+    path = write_config(
+        bridge_config(polled("a", origin.url("/a")), grace="10s", webhooks=hook(receiver))
+    )
     proc = start(path)
     try:
         wait_for(lambda: len(origin.hits("/a")) >= 1, timeout=15)
-        path.write_text(config(receiver, [("b", origin.url("/b"))]))
+        path.write_text(
+            bridge_config(polled("b", origin.url("/b")), grace="10s", webhooks=hook(receiver))
+        )
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: len(origin.hits("/b")) >= 2, timeout=15)
         hits_a = len(origin.hits("/a"))
@@ -99,7 +111,9 @@ def test_sighup_reload_adds_removes_and_refuses_bad_config(
 def test_sigterm_lets_an_inflight_delivery_finish(write_config, origin, receiver) -> None:
     origin.set("/a", [{"id": 1}])
     receiver.delay = 1.5
-    path = write_config(config(receiver, [("a", origin.url("/a"))]))
+    path = write_config(
+        bridge_config(polled("a", origin.url("/a")), grace="10s", webhooks=hook(receiver))
+    )
     proc = start(path)
     try:
         wait_for(lambda: len(origin.hits("/a")) >= 1, timeout=15)
@@ -118,7 +132,9 @@ def test_sigterm_lets_an_inflight_delivery_finish(write_config, origin, receiver
 def test_a_second_signal_exits_at_once_and_loses_nothing(write_config, origin, receiver) -> None:
     origin.set("/a", [{"id": 1}])
     receiver.delay = 4
-    path = write_config(config(receiver, [("a", origin.url("/a"))], grace="20s"))
+    path = write_config(
+        bridge_config(polled("a", origin.url("/a")), grace="20s", webhooks=hook(receiver))
+    )
     proc = start(path)
     try:
         wait_for(lambda: len(origin.hits("/a")) >= 1, timeout=15)
@@ -143,8 +159,11 @@ def test_a_webhook_taken_out_of_the_config_keeps_its_deliveries_and_says_so(
     write_config, origin, receiver
 ) -> None:
     origin.set("/a", [{"id": 1}])
-    path = write_config(config(receiver, [("a", origin.url("/a"))]).replace("[100ms,", "[1s,"))
-    with_hook = path.read_text()
+    retry = ["1s"] + ["100ms"] * 9
+    with_hook = bridge_config(
+        polled("a", origin.url("/a")), grace="10s", webhooks=hook(receiver, retry=retry)
+    )
+    path = write_config(with_hook)
     assert run_cli("once", "-c", str(path), env=ENV).code == 0  # the baseline
     origin.set("/a", [{"id": 1}, {"id": 2}])
     receiver.answer(500)
@@ -152,7 +171,12 @@ def test_a_webhook_taken_out_of_the_config_keeps_its_deliveries_and_says_so(
     assert len(receiver.received) == 1
 
     # The webhook is renamed: "hook" is gone from the config, its delivery is still waiting.
-    path.write_text(with_hook.replace("  hook:", "  other:").replace("[hook]", "[other]"))
+    renamed = hook(receiver, "other", retry=retry)
+    path.write_text(
+        bridge_config(
+            polled("a", origin.url("/a"), webhooks=["other"]), grace="10s", webhooks=renamed
+        )
+    )
     status = orjson.loads(run_cli("status", "-c", str(path), "--json", env=ENV).stdout)
     assert status["webhooks"] == [
         {"name": "other", "configured": True, "pending": 0, "delivered": 0, "dead": 0},
@@ -182,7 +206,12 @@ def test_a_hung_source_does_not_delay_others(write_config, origin, receiver) -> 
     origin.set("/slow", [{"id": 1}], delay=4)
     origin.set("/fast", [{"id": 1}])
     path = write_config(
-        config(receiver, [("slow", origin.url("/slow")), ("fast", origin.url("/fast"))])
+        bridge_config(
+            polled("slow", origin.url("/slow")),
+            polled("fast", origin.url("/fast")),
+            grace="10s",
+            webhooks=hook(receiver),
+        )
     )
     proc = start(path)
     try:
@@ -196,7 +225,9 @@ def test_a_hung_source_does_not_delay_others(write_config, origin, receiver) -> 
 
 def test_corrupt_state_file_is_one_line_exit_1(write_config, origin, receiver) -> None:
     origin.set("/a", [{"id": 1}])
-    path = write_config(config(receiver, [("a", origin.url("/a"))]))
+    path = write_config(
+        bridge_config(polled("a", origin.url("/a")), grace="10s", webhooks=hook(receiver))
+    )
     state = path.parent / "state.db"
     state.write_bytes(b"this is not a database" * 100)
     for command in (["once"], ["status"], ["run"]):
@@ -208,26 +239,14 @@ def test_corrupt_state_file_is_one_line_exit_1(write_config, origin, receiver) -
 
 def test_missing_state_directory_is_one_line(write_config, origin, receiver) -> None:
     origin.set("/a", [{"id": 1}])
-    text = config(receiver, [("a", origin.url("/a"))]).replace(
-        "state: state.db", "state: nowhere/state.db"
+    text = bridge_config(
+        polled("a", origin.url("/a")),
+        state="nowhere/state.db",
+        grace="10s",
+        webhooks=hook(receiver),
     )
     result = run_cli("once", "-c", str(write_config(text)), env=ENV)
     assert result.code == 1 and "nowhere" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_locked_state_file_is_one_line(write_config, origin, receiver) -> None:
-    origin.set("/a", [{"id": 1}])
-    path = write_config(config(receiver, [("a", origin.url("/a"))]))
-    assert run_cli("once", "-c", str(path), env=ENV).code == 0
-    holder = sqlite3.connect(path.parent / "state.db", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        result = run_cli("once", "-c", str(path), env={**ENV, "BRIDGE_BUSY_TIMEOUT": "0.2"})
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    assert result.code == 1 and "state.db" in result.stderr and "locked" in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def test_kill_9_loses_no_change(write_config, origin: Origin, receiver: Receiver) -> None:
@@ -242,7 +261,8 @@ def test_kill_9_loses_no_change(write_config, origin: Origin, receiver: Receiver
 
     for n in names:
         publish(n)
-    path = write_config(config(receiver, [(n, origin.url(f"/{n}")) for n in names], every="300ms"))
+    sources = [polled(n, origin.url(f"/{n}"), every="300ms") for n in names]
+    path = write_config(bridge_config(*sources, grace="10s", webhooks=hook(receiver)))
     kills = 0
     for _ in range(8):
         proc = start(path)
@@ -260,15 +280,18 @@ def test_kill_9_loses_no_change(write_config, origin: Origin, receiver: Receiver
     receiver.delay = 0
     proc = start(path)
     try:
-        db = path.parent / "state.db"
 
         def settled() -> bool:
-            with sqlite3.connect(db) as conn:
-                (pending,) = conn.execute(
-                    "SELECT count(*) FROM deliveries WHERE status != 'delivered'"
-                ).fetchone()
-                rows = conn.execute("SELECT source, key, content FROM items").fetchall()
-            stored = {(s, k): orjson.loads(c)["v"] for s, k, c in rows}
+            with state_of(path) as state:
+                counts = state.admin.delivery_counts().values()
+                pending = sum(c["pending"] + c["dead"] for c in counts)  # not delivered
+                stored = {
+                    (s, k): item["v"]
+                    for s in state.snapshots.source_rows()
+                    for k, item in state.snapshots.item_contents(
+                        s, list(state.snapshots.item_hashes(s))
+                    ).items()
+                }
             wanted = {(n, str(k)): v for n in names for k, v in versions[n].items()}
             return pending == 0 and stored == wanted
 
@@ -277,8 +300,8 @@ def test_kill_9_loses_no_change(write_config, origin: Origin, receiver: Receiver
         code, err = stop(proc)
     assert code == 0, err
 
-    with sqlite3.connect(path.parent / "state.db") as conn:
-        event_ids = {r[0] for r in conn.execute("SELECT id FROM events")}
+    with state_of(path) as state:
+        event_ids = {e["id"] for e in state.admin.events(limit=1_000_000)}
     received = [r.headers["webhook-id"] for r in receiver.received]
     for r in receiver.received:
         Webhook(SECRET).verify(r.body, r.headers)
@@ -295,7 +318,11 @@ def test_kill_9_loses_no_change(write_config, origin: Origin, receiver: Receiver
 
 def test_once_beside_the_daemon_leaves_delivering_to_it(write_config, origin, receiver) -> None:
     origin.set("/a", [{"id": 1}])
-    path = write_config(config(receiver, [("a", origin.url("/a"))], every="1h"))
+    path = write_config(
+        bridge_config(
+            polled("a", origin.url("/a"), every="1h"), grace="10s", webhooks=hook(receiver)
+        )
+    )
     proc = start(path)
     try:
         wait_for(lambda: len(origin.hits("/a")) >= 1, timeout=15)
@@ -314,47 +341,52 @@ def test_once_beside_the_daemon_leaves_delivering_to_it(write_config, origin, re
 
 def test_retention_trims_old_history_but_keeps_pending(write_config, origin, receiver) -> None:
     origin.set("/a", [{"id": 1}])
-    path = write_config(config(receiver, [("a", origin.url("/a"))], every="1h"))
+    path = write_config(
+        bridge_config(
+            polled("a", origin.url("/a"), every="1h"), grace="10s", webhooks=hook(receiver)
+        )
+    )
     assert run_cli("once", "-c", str(path), env=ENV).code == 0
-    db = path.parent / "state.db"
     old = time.time() - 40 * 86400
-    with sqlite3.connect(db) as conn:
-        for i, status in enumerate(["delivered", "dead", "pending"]):
-            conn.execute(
-                "INSERT INTO events (id, source, type, key, created_at, body) "
-                "VALUES (?, 'a', 'item.added', ?, ?, '{}')",
-                (f"evt_old{i}", str(i), old),
+    with state_of(path) as state:
+        # Three polls of 40 days ago, each with an event to a webhook since removed ("gone"):
+        # its delivery was delivered, is dead, is still pending. (trim's polls and attempts,
+        # which no listing shows: tests/state/test_sqlite_backend.py)
+        row = state.snapshots.source_row("a")
+        aged = [
+            PollCommit(
+                replace(row, last_poll_at=old),
+                "changed",
+                0.1,
+                events=[NewEvent(f"evt_old{i}", "a", "item.added", str(i), old, b"{}", ("gone",))],
             )
-            conn.execute(
-                "INSERT INTO deliveries (event_seq, webhook, source, status, attempts, "
-                "next_attempt_at, created_at, updated_at) VALUES ((SELECT seq FROM events "
-                "WHERE id = ?), 'gone', 'a', ?, 1, ?, ?, ?)",
-                (f"evt_old{i}", status, old, old, old),
-            )
-            conn.execute(
-                "INSERT INTO polls (source, at, result) VALUES ('a', ?, 'changed')", (old,)
-            )
+            for i in range(3)
+        ]
+        state.snapshots.commit_polls([*aged, PollCommit(row, "unchanged", 0.1, history=False)])
+        for status, http in (("delivered", 204), ("dead", 410)):  # evt_old0, then evt_old1
+            [d] = state.outbox.claim_due("gone", time.time(), 1, 60.0)
+            state.outbox.finish_attempts([Finished(d.id, status, old, 0.1, http, None)])
+        assert [d["status"] for d in state.admin.deliveries()] == ["pending", "dead", "delivered"]
     proc = start(path)
     try:
 
         def trimmed() -> bool:
-            with sqlite3.connect(db) as conn:
-                return [r[0] for r in conn.execute("SELECT id FROM events")] == ["evt_old2"]
+            with state_of(path) as state:
+                return [e["id"] for e in state.admin.events()] == ["evt_old2"]
 
         wait_for(trimmed, timeout=15, interval=0.2)
     finally:
         code, err = stop(proc)
     assert code == 0, err
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT status FROM deliveries").fetchall() == [("pending",)]
-        assert conn.execute("SELECT count(*) FROM polls WHERE at < ?", (old + 1,)).fetchone() == (
-            0,
-        )
+    with state_of(path) as state:
+        assert [d["status"] for d in state.admin.deliveries()] == ["pending"]
 
 
 def test_read_only_state_file_is_one_line(write_config, origin, receiver) -> None:
     origin.set("/a", [{"id": 1}])
-    path = write_config(config(receiver, [("a", origin.url("/a"))]))
+    path = write_config(
+        bridge_config(polled("a", origin.url("/a")), grace="10s", webhooks=hook(receiver))
+    )
     assert run_cli("once", "-c", str(path), env=ENV).code == 0
     state = path.parent / "state.db"
     # As root, permission bits do not stop writes; the immutable attribute does.
@@ -379,8 +411,11 @@ def test_http_listen_port_in_use_is_one_line(write_config, origin, receiver) -> 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        text = config(receiver, [("a", origin.url("/a"))]).replace(
-            "state: state.db", f"state: state.db\nhttp:\n  listen: 127.0.0.1:{port}"
+        text = bridge_config(
+            polled("a", origin.url("/a")),
+            grace="10s",
+            http={"listen": f"127.0.0.1:{port}"},
+            webhooks=hook(receiver),
         )
         result = run_cli("run", "-c", str(write_config(text)), env=ENV, timeout=30)
     assert result.code == 1, result.stderr
@@ -390,11 +425,15 @@ def test_http_listen_port_in_use_is_one_line(write_config, origin, receiver) -> 
 def test_sighup_applies_changed_options_and_keeps_state(write_config, origin, receiver) -> None:
     origin.set("/a", [{"id": 1}])
     origin.set("/a2", [{"id": 1}, {"id": 2}])
-    path = write_config(config(receiver, [("a", origin.url("/a"))]))
+    path = write_config(
+        bridge_config(polled("a", origin.url("/a")), grace="10s", webhooks=hook(receiver))
+    )
     proc = start(path)
     try:
         wait_for(lambda: len(origin.hits("/a")) >= 1, timeout=15)
-        path.write_text(config(receiver, [("a", origin.url("/a2"))]))
+        path.write_text(
+            bridge_config(polled("a", origin.url("/a2")), grace="10s", webhooks=hook(receiver))
+        )
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: len(receiver.received) >= 1, timeout=15)
         time.sleep(1.2)

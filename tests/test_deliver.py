@@ -6,9 +6,8 @@ import asyncio
 import base64
 import io
 import random
-import sqlite3
 import time
-from pathlib import Path
+from typing import Any
 
 import pytest
 from standardwebhooks import Webhook
@@ -17,34 +16,32 @@ from bridge.config import WebhookSpec
 from bridge.delivery.policy import decide
 from bridge.delivery.signing import secret_key, sign
 from bridge.polling.engine import Engine
-from tests.conftest import SECRET, Origin, Receiver, async_wait_for, engine_for
+from tests.conftest import (
+    SECRET,
+    Origin,
+    Receiver,
+    async_wait_for,
+    bridge_config,
+    engine_for,
+    http_source,
+    webhook,
+)
 
 SECOND_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
 
-CONFIG = """
-state: state.db
-webhooks:
-  hook:
-    url: {hook}
-    secret: {secret}
-    retry: {retry}
-    timeout: 2s
-    concurrency: {concurrency}
-    headers: {{X-Team: ops}}
-sources:
-  - name: api
-    kind: http
-    url: {origin}
-    items: "@"
-    key: id
-    on_first_poll: emit
-    webhooks: [hook]
-"""
+
+def hook(url: str, **options: Any) -> dict[str, dict[str, Any]]:
+    """`webhooks:` of one, `hook`: signed, two quick retries, four at a time; an option given as
+    None is left out."""
+    defaults = {"secret": SECRET, "retry": ["50ms", "50ms"], "timeout": "2s", "concurrency": 4}
+    options = {**defaults, "headers": {"X-Team": "ops"}, **options}
+    return {"hook": webhook(url, **{k: v for k, v in options.items() if v is not None})}
 
 
-def write(write_config, origin: Origin, receiver: Receiver, **kw: object) -> Path:
-    values = {"retry": "[50ms, 50ms]", "secret": SECRET, "concurrency": 4, **kw}
-    return write_config(CONFIG.format(hook=receiver.url(), origin=origin.url("/items"), **values))
+def api(origin: Origin, name: str = "api", **options: Any) -> dict[str, Any]:
+    """A source of the origin's /items, keyed by id, whose first poll sends everything."""
+    defaults = {"items": "@", "key": "id", "on_first_poll": "emit", "webhooks": ["hook"]}
+    return http_source(name, origin.url("/items"), **{**defaults, **options})
 
 
 async def deliver_until_settled(engine: Engine, rounds: int = 20) -> None:
@@ -58,7 +55,7 @@ async def deliver_until_settled(engine: Engine, rounds: int = 20) -> None:
 
 async def test_signature_verifies_with_standardwebhooks(origin, receiver, write_config) -> None:
     origin.set("/items", [{"id": 1, "name": "héllo"}])
-    path = write(write_config, origin, receiver)
+    path = write_config(bridge_config(api(origin), webhooks=hook(receiver.url())))
     async with engine_for(path) as engine:
         [event] = (await engine.poll("api")).events
         await engine.deliver_due()
@@ -74,7 +71,8 @@ async def test_signature_verifies_with_standardwebhooks(origin, receiver, write_
 
 async def test_several_secrets_each_verify(origin, receiver, write_config) -> None:
     origin.set("/items", [{"id": 1}])
-    path = write(write_config, origin, receiver, secret=f"[{SECRET}, {SECOND_SECRET}]")
+    secrets = hook(receiver.url(), secret=[SECRET, SECOND_SECRET])
+    path = write_config(bridge_config(api(origin), webhooks=secrets))
     async with engine_for(path) as engine:
         await engine.poll("api")
         await engine.deliver_due()
@@ -86,7 +84,7 @@ async def test_several_secrets_each_verify(origin, receiver, write_config) -> No
 
 async def test_a_tampered_body_does_not_verify(origin, receiver, write_config) -> None:
     origin.set("/items", [{"id": 1}])
-    path = write(write_config, origin, receiver)
+    path = write_config(bridge_config(api(origin), webhooks=hook(receiver.url())))
     async with engine_for(path) as engine:
         await engine.poll("api")
         await engine.deliver_due()
@@ -98,7 +96,9 @@ async def test_a_tampered_body_does_not_verify(origin, receiver, write_config) -
 async def test_retries_keep_the_webhook_id(origin, receiver, write_config) -> None:
     origin.set("/items", [{"id": 1}])
     receiver.answer(500, 502)
-    path = write(write_config, origin, receiver, retry="[50ms, 50ms, 50ms]")
+    path = write_config(
+        bridge_config(api(origin), webhooks=hook(receiver.url(), retry=["50ms"] * 3))
+    )
     async with engine_for(path) as engine:
         await engine.poll("api")
         await deliver_until_settled(engine)
@@ -113,7 +113,7 @@ async def test_retries_keep_the_webhook_id(origin, receiver, write_config) -> No
 async def test_spent_schedule_is_dead_then_replay_delivers(origin, receiver, write_config) -> None:
     origin.set("/items", [{"id": 1}])
     receiver.answer(500, 500, 500)
-    path = write(write_config, origin, receiver)
+    path = write_config(bridge_config(api(origin), webhooks=hook(receiver.url())))
     async with engine_for(path) as engine:
         await engine.poll("api")
         await deliver_until_settled(engine)
@@ -127,29 +127,10 @@ async def test_spent_schedule_is_dead_then_replay_delivers(origin, receiver, wri
     assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
 
 
-async def test_discard_and_replay_take_more_event_ids_than_one_statement(
-    origin, receiver, write_config
-) -> None:
-    origin.set("/items", [{"id": i} for i in range(1200)])  # three parts of up to 500 ids
-    path = write(write_config, origin, receiver)
-    async with engine_for(path) as engine:
-        await engine.poll("api")  # 1,200 item.added, pending, nothing sent yet
-        ids = [e["id"] for e in engine.state.admin.events(limit=2000)]
-        # SQLite's own cap (32,766 variables) made small, so that 1,200 ids are over it.
-        engine.state.database.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 600)
-        assert len(ids) == 1200
-        assert engine.state.admin.discard(time.time(), event_ids=ids[:1100]) == (1100, 0)
-        counts = engine.state.admin.delivery_counts()["hook"]
-        assert (counts["dead"], counts["pending"]) == (1100, 100)
-        assert engine.state.admin.requeue(time.time(), event_ids=ids, dead=True) == 1100
-        assert engine.state.admin.delivery_counts()["hook"]["pending"] == 1200
-    assert receiver.received == []
-
-
 async def test_410_is_dead_at_once(origin, receiver, write_config) -> None:
     origin.set("/items", [{"id": 1}])
     receiver.answer(410)
-    path = write(write_config, origin, receiver)
+    path = write_config(bridge_config(api(origin), webhooks=hook(receiver.url())))
     async with engine_for(path) as engine:
         await engine.poll("api")
         await deliver_until_settled(engine)
@@ -160,7 +141,7 @@ async def test_410_is_dead_at_once(origin, receiver, write_config) -> None:
 async def test_a_redirect_is_a_failure_not_followed(origin, receiver, write_config) -> None:
     origin.set("/items", [{"id": 1}])
     receiver.answer(302)
-    path = write(write_config, origin, receiver)
+    path = write_config(bridge_config(api(origin), webhooks=hook(receiver.url())))
     async with engine_for(path) as engine:
         await engine.poll("api")
         await engine.deliver_due()
@@ -173,7 +154,7 @@ async def test_a_redirect_is_a_failure_not_followed(origin, receiver, write_conf
 async def test_retry_after_is_honoured(status: int, origin, receiver, write_config) -> None:
     origin.set("/items", [{"id": 1}])
     receiver.answer((status, {"Retry-After": "120"}))
-    path = write(write_config, origin, receiver)
+    path = write_config(bridge_config(api(origin), webhooks=hook(receiver.url())))
     async with engine_for(path) as engine:
         await engine.poll("api")
         await engine.deliver_due()
@@ -207,20 +188,11 @@ def _datetime(ts: int):  # type: ignore[no-untyped-def]
     return datetime.fromtimestamp(ts, UTC)
 
 
+@pytest.mark.slow  # deliveries that take 0.2 s, three rounds of two
 async def test_concurrency_is_bounded_per_endpoint(origin, receiver, write_config) -> None:
-    text = CONFIG.replace("  - name: api", "  - name: api0").format(
-        hook=receiver.url(),
-        origin=origin.url("/items"),
-        retry="[1s]",
-        secret=SECRET,
-        concurrency=2,
-    )
-    extra = "".join(
-        f"  - {{name: api{i}, kind: http, url: {origin.url('/items')}, items: '@', key: id, "
-        "on_first_poll: emit, webhooks: [hook]}\n"
-        for i in range(1, 6)
-    )
-    path = write_config(text + extra)
+    sources = [api(origin, f"api{i}") for i in range(6)]
+    webhooks = hook(receiver.url(), retry=["1s"], concurrency=2)
+    path = write_config(bridge_config(*sources, webhooks=webhooks))
     origin.set("/items", [{"id": 1}])
     receiver.delay = 0.2
     async with engine_for(path) as engine:
@@ -232,7 +204,7 @@ async def test_concurrency_is_bounded_per_endpoint(origin, receiver, write_confi
 
 async def test_events_of_one_source_go_out_in_order(origin, receiver, write_config) -> None:
     origin.set("/items", [{"id": i} for i in range(8)])
-    path = write(write_config, origin, receiver)
+    path = write_config(bridge_config(api(origin), webhooks=hook(receiver.url())))
     receiver.delay = 0.02
     async with engine_for(path) as engine:
         [*events] = (await engine.poll("api")).events
@@ -241,23 +213,19 @@ async def test_events_of_one_source_go_out_in_order(origin, receiver, write_conf
     assert [e["data"]["key"] for e in receiver.events()] == [e["data"]["key"] for e in events]
 
 
+@pytest.mark.slow  # waits out a 1.5 s delivery
 async def test_a_hung_endpoint_does_not_delay_another(origin, receiver, write_config) -> None:
     slow = Receiver()
     slow.delay = 1.5
     slow.server.start()
     try:
-        text = CONFIG.format(
-            hook=receiver.url(),
-            origin=origin.url("/items"),
-            retry="[1s]",
-            secret=SECRET,
-            concurrency=1,
+        webhooks = {
+            **hook(receiver.url(), retry=["1s"], concurrency=1),
+            "slow": webhook(slow.url(), timeout="5s"),
+        }
+        path = write_config(
+            bridge_config(api(origin, webhooks=["slow", "hook"]), webhooks=webhooks)
         )
-        text = text.replace(
-            "sources:",
-            f"  slow:\n    url: {slow.url()}\n    timeout: 5s\nsources:",
-        ).replace("webhooks: [hook]", "webhooks: [slow, hook]")
-        path = write_config(text)
         origin.set("/items", [{"id": 1}])
         async with engine_for(path) as engine:
             await engine.poll("api")
@@ -274,18 +242,12 @@ async def test_a_hung_endpoint_does_not_delay_another(origin, receiver, write_co
 
 async def test_templated_body_is_sent_signed(origin, receiver, write_config) -> None:
     origin.set("/items", [{"id": 1, "name": "v1.0"}])
-    text = CONFIG.format(
-        hook=receiver.url(),
-        origin=origin.url("/items"),
-        retry="[1s]",
-        secret=SECRET,
-        concurrency=1,
-    ).replace(
-        "    headers: {X-Team: ops}",
-        '    body:\n      text: "{{ data.source }}: {{ type }} {{ data.after.name }}"\n'
-        "      tags: [bridge, '{{ data.key }}']",
-    )
-    path = write_config(text)
+    body = {
+        "text": "{{ data.source }}: {{ type }} {{ data.after.name }}",
+        "tags": ["bridge", "{{ data.key }}"],
+    }
+    templated = hook(receiver.url(), retry=["1s"], concurrency=1, headers=None, body=body)
+    path = write_config(bridge_config(api(origin), webhooks=templated))
     async with engine_for(path) as engine:
         await engine.poll("api")
         await engine.deliver_due()
@@ -301,11 +263,8 @@ async def test_templated_body_is_sent_signed(origin, receiver, write_config) -> 
 
 async def test_stdout_webhook_prints_json_lines(origin, write_config) -> None:
     origin.set("/items", [{"id": 1}])
-    path = write_config(
-        CONFIG.format(
-            hook="x", origin=origin.url("/items"), retry="[1s]", secret=SECRET, concurrency=1
-        ).replace("url: x", 'url: "-"')
-    )
+    stdout = hook("-", retry=["1s"], concurrency=1)
+    path = write_config(bridge_config(api(origin), webhooks=stdout))
     async with engine_for(path) as engine:
         out = io.StringIO()
         engine.workers["hook"].out = out
@@ -321,23 +280,3 @@ def test_secret_without_base64_padding_works() -> None:
     padded = "whsec_" + base64.b64encode(b"0123456789abcdefghij").decode()
     assert padded.endswith("=")
     assert secret_key(padded.rstrip("=")) == secret_key(padded) == b"0123456789abcdefghij"
-
-
-async def test_a_worker_survives_a_locked_state_file(
-    origin, receiver, write_config, monkeypatch
-) -> None:
-    origin.set("/items", [{"id": 1}])
-    path = write(write_config, origin, receiver)
-    async with engine_for(path, busy_timeout=0.2) as engine:
-        await engine.poll("api")
-        holder = sqlite3.connect(engine.state.location, isolation_level=None)
-        holder.execute("BEGIN EXCLUSIVE")
-        engine.dispatcher.start()
-        try:
-            await asyncio.sleep(0.8)  # the worker's claims fail while the file is held
-            assert receiver.received == []
-            holder.execute("ROLLBACK")
-            await async_wait_for(lambda: len(receiver.received) == 1, timeout=5)
-        finally:
-            holder.close()
-            await engine.dispatcher.stop(grace=1)

@@ -16,7 +16,7 @@ from aiohttp import web
 from bridge.config import load_config
 from bridge.errors import ConfigError
 from bridge.sources import feed
-from tests.conftest import ThreadedServer, engine_for
+from tests.conftest import STDOUT, ThreadedServer, bridge_config, engine_for, source
 
 RSS = "application/rss+xml"
 
@@ -104,10 +104,9 @@ ATOM = """<?xml version="1.0" encoding="utf-8"?>
 </feed>"""
 
 
-def config(url: str, extra: str = "") -> str:
-    lines = ["  - name: blog", "    kind: feed", f"    url: {url}", "    webhooks: [out]"]
-    lines += [f"    {line}" for line in extra.strip().splitlines()]
-    return 'state: state.db\nwebhooks:\n  out: {url: "-"}\nsources:\n' + "\n".join(lines) + "\n"
+def blog(url: str, **options: Any) -> dict[str, Any]:
+    """The feed every test polls, `blog`, printing its events to stdout."""
+    return source("blog", "feed", url=url, webhooks=["out"], **options)
 
 
 def keys(result: Any) -> list[tuple[str, str]]:
@@ -118,7 +117,7 @@ async def test_added_and_changed_are_sent_and_leaving_the_window_is_not(
     server: FeedServer, write_config
 ) -> None:
     server.serve(rss2(("a", "First"), ("b", "Second")))
-    path = write_config(config(server.url))
+    path = write_config(bridge_config(blog(server.url), webhooks=STDOUT))
     async with engine_for(path) as engine:
         assert (await engine.poll("blog")).events == []
         server.serve(rss2(("c", "Third"), ("a", "First, revised")))  # b leaves the window
@@ -141,7 +140,9 @@ async def test_added_and_changed_are_sent_and_leaving_the_window_is_not(
 
 async def test_removed_is_sent_when_asked_for(server: FeedServer, write_config) -> None:
     server.serve(rss2(("a", "First"), ("b", "Second")))
-    path = write_config(config(server.url, "on: [added, changed, removed]"))
+    path = write_config(
+        bridge_config(blog(server.url, on=["added", "changed", "removed"]), webhooks=STDOUT)
+    )
     async with engine_for(path) as engine:
         await engine.poll("blog")
         server.serve(rss2(("a", "First")))
@@ -198,7 +199,7 @@ async def test_feed_formats(
     document: str, content_type: str, item: dict[str, Any], server: FeedServer, write_config
 ) -> None:
     server.serve(document, content_type)
-    path = write_config(config(server.url, "on_first_poll: emit"))
+    path = write_config(bridge_config(blog(server.url, on_first_poll="emit"), webhooks=STDOUT))
     async with engine_for(path) as engine:
         result = await engine.poll("blog")
     [event] = result.events
@@ -226,7 +227,9 @@ async def test_a_malformed_feed_is_a_failed_poll(
     case: str, server: FeedServer, write_config
 ) -> None:
     server.serve(rss2(("a", "First"), ("b", "Second")))
-    path = write_config(config(server.url, "on: [added, changed, removed]"))
+    path = write_config(
+        bridge_config(blog(server.url, on=["added", "changed", "removed"]), webhooks=STDOUT)
+    )
     async with engine_for(path) as engine:
         await engine.poll("blog")
         before = engine.state.snapshots.item_hashes("blog")
@@ -242,7 +245,9 @@ async def test_a_malformed_feed_is_a_failed_poll(
 
 async def test_a_well_formed_empty_feed_is_a_real_answer(server: FeedServer, write_config) -> None:
     server.serve(rss2(("a", "First")))
-    path = write_config(config(server.url, "on: [added, changed, removed]"))
+    path = write_config(
+        bridge_config(blog(server.url, on=["added", "changed", "removed"]), webhooks=STDOUT)
+    )
     async with engine_for(path) as engine:
         await engine.poll("blog")
         server.serve(rss2(), "text/plain")  # mislabelled, but a feed all the same
@@ -252,7 +257,7 @@ async def test_a_well_formed_empty_feed_is_a_real_answer(server: FeedServer, wri
 
 async def test_etag_and_304(server: FeedServer, write_config) -> None:
     server.serve(rss2(("a", "First")))
-    path = write_config(config(server.url))
+    path = write_config(bridge_config(blog(server.url), webhooks=STDOUT))
     async with engine_for(path) as engine:
         await engine.poll("blog")
         result = await engine.poll("blog")
@@ -278,7 +283,7 @@ async def test_same_body_is_unchanged_without_parsing(
         return parse(*args, **kwargs)
 
     monkeypatch.setattr(feed.feedparser, "parse", counting)
-    path = write_config(config(server.url))
+    path = write_config(bridge_config(blog(server.url), webhooks=STDOUT))
     async with engine_for(path) as engine:
         await engine.poll("blog")
         result = await engine.poll("blog")
@@ -288,8 +293,10 @@ async def test_same_body_is_unchanged_without_parsing(
 
 async def test_headers_and_basic_auth_are_sent(server: FeedServer, write_config) -> None:
     server.serve(rss2(("a", "First")))
-    extra = "headers: {X-Team: ops}\nauth: {basic: {username: u, password: p}}"
-    path = write_config(config(server.url, extra))
+    auth = {"basic": {"username": "u", "password": "p"}}
+    path = write_config(
+        bridge_config(blog(server.url, headers={"X-Team": "ops"}, auth=auth), webhooks=STDOUT)
+    )
     async with engine_for(path) as engine:
         assert (await engine.poll("blog")).result == "new"
     [sent] = server.requests
@@ -298,16 +305,18 @@ async def test_headers_and_basic_auth_are_sent(server: FeedServer, write_config)
 
 
 @pytest.mark.parametrize(
-    ("extra", "key", "problem"),
+    ("auth", "key", "problem"),
     [
-        ("auth: {token: x}", "sources[0].auth", "must be {bearer: TOKEN} or {basic"),
-        ("auth: {basic: {username: u}}", "sources[0].auth.basic", "{username: ..., password"),
+        ({"token": "x"}, "sources[0].auth", "must be {bearer: TOKEN} or {basic"),
+        ({"basic": {"username": "u"}}, "sources[0].auth.basic", "{username: ..., password"),
     ],
 )
 def test_config_rejects_bad_auth(
-    extra: str, key: str, problem: str, write_config: Callable[[str], Path]
+    auth: dict[str, Any], key: str, problem: str, write_config: Callable[[str], Path]
 ) -> None:
-    path = write_config(config("https://example.com/feed.xml", extra))
+    path = write_config(
+        bridge_config(blog("https://example.com/feed.xml", auth=auth), webhooks=STDOUT)
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
     assert f": {key}: " in str(info.value) and problem in str(info.value)
@@ -315,7 +324,7 @@ def test_config_rejects_bad_auth(
 
 
 def test_config_rejects_a_url_that_is_not_http(write_config: Callable[[str], Path]) -> None:
-    path = write_config(config("file:///etc/passwd"))
+    path = write_config(bridge_config(blog("file:///etc/passwd"), webhooks=STDOUT))
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
     assert "sources[0].url: must be an http:// or https:// URL" in str(info.value)

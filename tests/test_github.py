@@ -14,7 +14,7 @@ import bridge
 from bridge.config import load_config
 from bridge.errors import ConfigError
 from bridge.sources import github, github_budget
-from tests.conftest import engine_for
+from tests.conftest import STDOUT, bridge_config, engine_for
 from tests.fake_github import FakeGitHub, extra, recorded
 
 ORG = "octokit-fixture-org"
@@ -70,15 +70,15 @@ def add_releases(fake: FakeGitHub, items: list[Any], path: str = RELEASES, **kw:
     fake.add(exchange, path=f"{path}?per_page=100", response=items, **kw)
 
 
-def source(name: str, fake: FakeGitHub, repo: str, **options: Any) -> str:
-    lines = [f"  - name: {name}", "    kind: github", f"    repo: {repo}"]
-    lines += [f"    api_url: {fake.api_url}", "    every: 1m", "    webhooks: [out]"]
-    lines += [f"    {k}: {v}" for k, v in options.items()]
-    return "\n".join(lines)
+def source(name: str, fake: FakeGitHub, repo: str, **options: Any) -> dict[str, Any]:
+    """A `kind: github` source asking `fake` every minute, sending to `out`."""
+    defaults = {"api_url": fake.api_url, "every": "1m", "webhooks": ["out"]}
+    return {"name": name, "kind": "github", "repo": repo, **defaults, **options}
 
 
-def config(*sources: str) -> str:
-    return 'state: state.db\nwebhooks:\n  out: {url: "-"}\nsources:\n' + "\n".join(sources) + "\n"
+def config(*sources: dict[str, Any]) -> str:
+    """The config of these sources, printing their events to stdout."""
+    return bridge_config(*sources, webhooks=STDOUT)
 
 
 def keys(result: Any) -> list[tuple[str, str]]:

@@ -9,52 +9,44 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config.units import cron_to_apscheduler
-from tests.conftest import SECRET, Origin, run_cli, wait_for
+from tests.conftest import (
+    SECRET,
+    STDOUT,
+    Origin,
+    bridge_config,
+    http_source,
+    run_cli,
+    wait_for,
+    webhook,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tok_Zq8mX2pLr5vN0s"  # a bearer token for the polled API: must never be logged
 ENV = {"HOOK_SECRET": SECRET, "API_TOKEN": TOKEN}
 
-CONFIG = """
-state: state.db
-{http}
-webhooks:
-  hook:
-    url: {hook}
-    secret: ${{HOOK_SECRET}}
-    retry: [100ms, 100ms, 100ms]
-sources:
-  - name: api
-    kind: http
-    url: {origin}
-    auth: {{bearer: "${{API_TOKEN}}"}}
-    items: "@"
-    key: id
-    every: {every}
-    jitter: 0s
-    on_first_poll: {first}
-    webhooks: [hook]
-"""
+
+def hook(url: str) -> dict[str, dict[str, Any]]:
+    """`webhooks:` of one, `hook`, signed with $HOOK_SECRET, three quick retries."""
+    return {"hook": webhook(url, "${HOOK_SECRET}", retry=["100ms"] * 3)}
 
 
-def config(hook: str, origin: str, *, every: str, port: int | None = None, emit=False) -> str:
-    http = f"http:\n  listen: 127.0.0.1:{port}" if port is not None else ""
-    first = "emit" if emit else "baseline"
-    return CONFIG.format(http=http, hook=hook, origin=origin, every=every, first=first)
+def api_source(url: str, every: str, first: str = "baseline") -> dict[str, Any]:
+    """The polled API, `api`, behind the bearer token $API_TOKEN, sending to `hook`."""
+    options = {"items": "@", "key": "id", "every": every, "jitter": "0s", "on_first_poll": first}
+    return http_source("api", url, auth={"bearer": "${API_TOKEN}"}, **options, webhooks=["hook"])
 
 
 def free_port() -> int:
@@ -102,10 +94,16 @@ def stop_daemon(proc: subprocess.Popen[str]) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_metrics_count_polls_events_and_deliveries(write_config, origin: Origin, receiver):
     port = free_port()
     origin.set("/items", [{"id": 1, "v": 1}])
-    path = write_config(config(receiver.url(), origin.url("/items"), every="1s", port=port))
+    listen = {"listen": f"127.0.0.1:{port}"}
+    path = write_config(
+        bridge_config(
+            api_source(origin.url("/items"), "1s"), http=listen, webhooks=hook(receiver.url())
+        )
+    )
     proc = start_daemon(path)
     try:
         wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=15)
@@ -134,47 +132,13 @@ def test_metrics_count_polls_events_and_deliveries(write_config, origin: Origin,
     assert value(m, "bridge_delivery_queue", webhook="hook", status="dead") == 0
 
 
-def test_healthz_is_503_while_the_state_file_cannot_be_written(write_config, origin, receiver):
-    port = free_port()
-    origin.set("/items", [{"id": 1}])
-    path = write_config(config(receiver.url(), origin.url("/items"), every="1h", port=port))
-    proc = start_daemon(path)
-    health = f"http://127.0.0.1:{port}/healthz"
-    try:
-        wait_for(lambda: len(origin.hits("/items")) >= 1, timeout=15)  # no poll while locked
-        wait_for(lambda: get(health)[0] == 200, timeout=15)
-        # As root, chmod would not stop a write; another connection holding the write lock does.
-        holder = sqlite3.connect(path.parent / "state.db", isolation_level=None, timeout=10)
-        try:
-            holder.execute("BEGIN EXCLUSIVE")
-            started = time.monotonic()
-            with ThreadPoolExecutor(1) as pool:
-                probe = pool.submit(get, health)
-                time.sleep(0.2)
-                # The probe waits in a thread: the daemon's event loop still answers meanwhile.
-                metrics_at = time.monotonic()
-                assert get(f"http://127.0.0.1:{port}/metrics")[0] == 200
-                metrics_took = time.monotonic() - metrics_at
-                status, text = probe.result()
-            took = time.monotonic() - started
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
-        assert (status, text) == (503, "unhealthy\n")
-        assert 0.8 < took < 3.0  # the check gives up after about a second
-        assert metrics_took < 0.5
-        assert get(health) == (200, "ok\n")
-    finally:
-        err = stop_daemon(proc)
-    assert "Traceback" not in err
-
-
+@pytest.mark.slow
 def test_json_logs_parse_line_by_line_and_hold_no_secret(write_config, origin, receiver):
     origin.set("/items", [{"id": 1}])
     origin.set("/broken", body=b"oops", status=500)
-    text = config(receiver.url(), origin.url("/items"), every="1h", emit=True)
-    text += '  - name: broken\n    kind: http\n    url: {}\n    headers: {{X-Key: "{}"}}\n'.format(
-        origin.url("/broken"), TOKEN
+    broken = http_source("broken", origin.url("/broken"), headers={"X-Key": TOKEN})
+    text = bridge_config(
+        api_source(origin.url("/items"), "1h", first="emit"), broken, webhooks=hook(receiver.url())
     )
     path = write_config(text)
     receiver.answer(500)
@@ -202,17 +166,21 @@ def test_json_logs_parse_line_by_line_and_hold_no_secret(write_config, origin, r
     assert any(level == "debug" and m == "poll api: unchanged" for level, m in messages)
 
 
+@pytest.mark.slow
 def test_a_failed_delivery_does_not_log_the_webhook_url(write_config, origin) -> None:
     origin.set("/items", [{"id": 1}])
     port = free_port()  # nothing listens there: connection refused
-    hook = f"http://127.0.0.1:{port}/services/T000/B000/{TOKEN}"
-    path = write_config(config(hook, origin.url("/items"), every="1h", emit=True))
+    url = f"http://127.0.0.1:{port}/services/T000/B000/{TOKEN}"
+    path = write_config(
+        bridge_config(api_source(origin.url("/items"), "1h", first="emit"), webhooks=hook(url))
+    )
     result = run_cli("--log-level", "debug", "once", "-c", str(path), env=ENV)
     listing = run_cli("deliveries", "-c", str(path), env=ENV)
     assert "connection refused" in result.stderr + listing.stdout
     assert TOKEN not in result.stderr + listing.stdout
 
 
+@pytest.mark.slow
 def test_init_writes_a_starter_that_passes_check_and_never_overwrites(tmp_path: Path) -> None:
     path = tmp_path / "bridge.yaml"
     made = run_cli("init", "-c", str(path))
@@ -234,6 +202,7 @@ def test_init_writes_a_starter_that_passes_check_and_never_overwrites(tmp_path: 
     assert path.read_text() == "# mine\n"
 
 
+@pytest.mark.slow
 def test_demo_prints_verified_changes_and_exits_0() -> None:
     started = time.monotonic()
     result = run_cli("demo", "--duration", "4", timeout=60)
@@ -248,12 +217,14 @@ def test_demo_prints_verified_changes_and_exits_0() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_status_shows_relative_times_and_json_keeps_timestamps(write_config, origin, receiver):
     origin.set("/items", [{"id": 1}])
     origin.set("/down", body=b"", status=503)
-    text = config(receiver.url(), origin.url("/items"), every="5m")
-    text += f"  - name: down\n    kind: http\n    url: {origin.url('/down')}\n"
-    path = write_config(text)
+    down = http_source("down", origin.url("/down"))
+    path = write_config(
+        bridge_config(api_source(origin.url("/items"), "5m"), down, webhooks=hook(receiver.url()))
+    )
     run_cli("once", "-c", str(path), env=ENV)
     table = run_cli("status", "-c", str(path), env=ENV)
     assert table.code == 0, table.stderr
@@ -266,6 +237,7 @@ def test_status_shows_relative_times_and_json_keeps_timestamps(write_config, ori
     assert abs(api_row["last_poll"] - time.time()) < 60
 
 
+@pytest.mark.slow
 def test_the_readme_cron_line_runs_quietly_and_speaks_up_on_failure(write_config, origin):
     readme = (ROOT / "README.md").read_text()
     [line] = re.findall(r"```crontab\n(.+)\n```", readme)
@@ -278,10 +250,8 @@ def test_the_readme_cron_line_runs_quietly_and_speaks_up_on_failure(write_config
     assert args[:2] == ["once", "-q"]
 
     origin.set("/items", [{"id": 1}])
-    path = write_config(
-        f'webhooks:\n  out: {{url: "-"}}\nsources:\n  - name: api\n    kind: http\n'
-        f"    url: {origin.url('/items')}\n    webhooks: [out]\n"
-    )
+    printed = http_source("api", origin.url("/items"), webhooks=["out"])
+    path = write_config(bridge_config(printed, state=None, webhooks=STDOUT))
     args[args.index("-c") + 1] = str(path)
     quiet = run_cli(*args)
     assert (quiet.code, quiet.stdout, quiet.stderr) == (0, "", "")
@@ -290,12 +260,11 @@ def test_the_readme_cron_line_runs_quietly_and_speaks_up_on_failure(write_config
     assert loud.code == 1 and "api: HTTP 500" in loud.stderr
 
 
+@pytest.mark.slow
 def test_once_shows_progress_on_a_terminal(write_config, origin) -> None:
     origin.set("/items", [{"id": 1}])
-    sources = "".join(
-        f"  - name: s{i}\n    kind: http\n    url: {origin.url('/items')}\n" for i in range(12)
-    )
-    path = write_config("sources:\n" + sources)
+    sources = [http_source(f"s{i}", origin.url("/items")) for i in range(12)]
+    path = write_config(bridge_config(*sources, state=None))
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "once", "-c", str(path)],

@@ -6,6 +6,8 @@ import asyncio
 import random
 from datetime import UTC, datetime
 
+import pytest
+
 from bridge.model import SourceSpec
 from bridge.polling.scheduler import MAX_START_SPREAD, PollFunc, Scheduler, first_run
 
@@ -32,6 +34,7 @@ def test_first_run_after_restart() -> None:
     assert max(lazy) <= now + MAX_START_SPREAD
 
 
+@pytest.mark.slow  # lets the scheduler run for 1.6 s
 async def test_interval_jobs_fire_and_cron_uses_crontab_weekdays() -> None:
     polled: list[str] = []
 
@@ -109,6 +112,7 @@ async def one_running_rest_queued(
     return scheduler
 
 
+@pytest.mark.slow  # waits about 0.7 s for the first poll to start
 async def test_shutdown_drops_polls_still_queued_in_a_lane() -> None:
     started: list[str] = []
     release = asyncio.Event()

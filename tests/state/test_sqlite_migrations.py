@@ -34,7 +34,25 @@ def test_a_file_of_schema_2_gains_host_blocks_and_poll_leases(tmp_path) -> None:
     finally:
         state.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+
+
+def test_a_file_of_schema_4_trades_deliveries_leased_for_deliveries_in_flight(tmp_path) -> None:
+    path = tmp_path / "state.db"
+    open_state(str(path)).close()
+    with sqlite3.connect(path) as conn:  # as schema 4 left it
+        conn.execute("DROP INDEX deliveries_in_flight")
+        conn.execute(
+            "CREATE INDEX deliveries_leased ON deliveries (webhook, source) "
+            "WHERE status = 'pending' AND lease_until IS NOT NULL"
+        )
+        conn.execute("PRAGMA user_version = 4")
+    open_state(str(path)).close()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+    indexes = {name for (name,) in rows}
+    assert "deliveries_in_flight" in indexes and "deliveries_leased" not in indexes
 
 
 def test_a_file_of_a_newer_schema_is_refused(tmp_path) -> None:

@@ -11,14 +11,15 @@ from bridge.state.sqlite.connection import Database
 
 # `+d.next_attempt_at`: walk deliveries_pending in id order and stop at LIMIT, rather than find
 # every due row through deliveries_due and sort them. The NOT EXISTS keeps per-source order
-# across processes: nothing of a source is claimed while one of its deliveries is in flight.
+# across processes: nothing of a source is claimed while one of its deliveries is in flight,
+# whatever its status (one discarded meanwhile is dead, and its attempt still out).
 _DUE = (
     "SELECT d.id, e.id, d.source, d.attempts, e.body FROM deliveries d "
     "JOIN events e ON e.seq = d.event_seq "
     "WHERE d.webhook = ? AND d.status = 'pending' AND +d.next_attempt_at <= ? "
     "AND (d.lease_until IS NULL OR d.lease_until < ?) "
     "AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.webhook = d.webhook "
-    "AND o.source = d.source AND o.status = 'pending' AND o.lease_until >= ?) "
+    "AND o.source = d.source AND o.lease_until >= ?) "
     "ORDER BY d.id LIMIT ?"
 )
 
@@ -60,11 +61,15 @@ class SqliteOutbox:
             return _claim(conn, webhook, now, limit, lease)
 
     def next_due(self, webhook: str) -> float | None:
-        """When the earliest pending delivery of a webhook is due, or None."""
+        """When the earliest pending delivery of a webhook can be claimed, or None: not before
+        it is due, nor while a delivery of its source is in flight (until that lease ends)."""
         r = self.conn.execute(
-            "SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries "
-            "WHERE webhook = ? AND status = 'pending'",
-            (webhook,),
+            "SELECT min(max(d.next_attempt_at, coalesce(f.until, 0))) FROM deliveries d "
+            "LEFT JOIN (SELECT source, max(lease_until) AS until FROM deliveries "
+            "WHERE webhook = ? AND lease_until IS NOT NULL GROUP BY source) f "
+            "ON f.source = d.source "
+            "WHERE d.webhook = ? AND d.status = 'pending'",
+            (webhook, webhook),
         ).fetchone()
         return None if r[0] is None else float(r[0])
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 
-# 2: the deliveries_pending index; 3: host_blocks; 4: poll leases on sources, deliveries_leased
-SCHEMA_VERSION = 4
+# 2: the deliveries_pending index; 3: host_blocks; 4: poll leases on sources, deliveries_leased;
+# 5: deliveries_in_flight replaces deliveries_leased (a delivery discarded in flight is in it)
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -74,8 +75,9 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (webhook, status, next_a
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (webhook, id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_seq);
 -- Deliveries in flight, for the per-source order check of every claim: a handful of rows.
-CREATE INDEX IF NOT EXISTS deliveries_leased ON deliveries (webhook, source)
-    WHERE status = 'pending' AND lease_until IS NOT NULL;
+-- Whatever their status: one discarded (dead) while its attempt is out still holds its source.
+CREATE INDEX IF NOT EXISTS deliveries_in_flight ON deliveries (webhook, source)
+    WHERE lease_until IS NOT NULL;
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
     delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
@@ -99,12 +101,15 @@ ADDED_COLUMNS = (
     ("sources", "lease_until", "REAL"),
 )
 
+# Indexes of older schemas that a newer one replaced.
+DROPPED_INDEXES = ("deliveries_leased",)
+
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the schema to SCHEMA_VERSION, inside the caller's write transaction.
 
     Tables and indexes are created if missing (every statement is IF NOT EXISTS), then the
-    columns a file made before them lacks are added.
+    columns a file made before them lacks are added, and replaced indexes dropped.
     """
     for statement in SCHEMA.split(";"):
         if statement.strip():
@@ -113,4 +118,6 @@ def migrate(conn: sqlite3.Connection) -> None:
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in have:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    for index in DROPPED_INDEXES:
+        conn.execute(f"DROP INDEX IF EXISTS {index}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
