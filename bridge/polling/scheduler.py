@@ -242,7 +242,9 @@ class Scheduler:
             return
         if len(granted) < len(due):
             for name in sorted(set(due) - set(granted)):
-                log.warning("poll of %s skipped: the previous one has not finished", name)
+                log.warning(
+                    "poll of %s skipped: its last poll has not finished (here or elsewhere)", name
+                )
         for name in granted:
             self._start(name)
 

@@ -1,8 +1,8 @@
 """Who polls what on one state file: the single daemon's lock, and poll leases on sources.
 
-A lease is three columns of the source's row (owner, token, until). It is granted only while
-no live lease holds the source, and the poll's commit is written only under the lease's token
-(bridge/state/sqlite/snapshots.py), which also releases it. The owner names this process
+A lease is a row of poll_leases (source, owner, token, until). It is granted only while no live
+lease holds the source, and the poll's commit is written only while that row is still its own
+(bridge/state/sqlite/snapshots.py); the commit deletes it. The owner names this process
 (`host:pid:random`), so that the lease of a process that died (kill -9) is free at once, rather
 than when it runs out: every process on a SQLite file runs on the file's machine.
 """
@@ -13,6 +13,8 @@ import os
 import secrets
 import socket
 from collections.abc import Mapping, Sequence
+
+import orjson
 
 from bridge.state.sqlite.connection import MEMORY, Database, chunks
 from bridge.state.sqlite.lock import DaemonLock, daemon_running
@@ -70,37 +72,36 @@ class SqliteCoordination:
         """Lease the sources no live lease holds; returns name -> token of those granted."""
         if not names:
             return {}
-        granted: dict[str, int] = {}
         self._leased = True
         with self.database.write() as conn:
-            # A source never polled gets its row now, to hold the lease.
-            conn.executemany(
-                "INSERT INTO sources (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
-                [(n,) for n in names],
+            # One statement for the whole wake-up: a free or expired lease is taken, a live one
+            # left alone. (`WHERE true` lets SQLite parse the upsert after a SELECT.)
+            granted: dict[str, int] = dict(
+                conn.execute(
+                    "INSERT INTO poll_leases (name, owner, token, until) "
+                    "SELECT value, ?, random(), ? FROM json_each(?) WHERE true "
+                    "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+                    "token = excluded.token, until = excluded.until "
+                    "WHERE poll_leases.until < ? RETURNING name, token",
+                    (self.instance_id, until, orjson.dumps(list(names)).decode(), now),
+                ).fetchall()
             )
-            held: dict[str, str] = {}
-            for chunk in chunks(names):
-                marks = ",".join("?" * len(chunk))
-                held.update(
-                    conn.execute(
-                        f"SELECT name, lease_owner FROM sources WHERE name IN ({marks}) "
-                        "AND lease_until >= ?",
-                        (*chunk, now),
+            refused = [n for n in names if n not in granted]
+            if refused:  # live leases: free only if the process holding them is gone
+                for chunk in chunks(refused):
+                    marks = ",".join("?" * len(chunk))
+                    holders = conn.execute(
+                        f"SELECT name, owner FROM poll_leases WHERE name IN ({marks})", chunk
                     ).fetchall()
-                )
-            free = [n for n in names if n not in held or _gone(held[n])]
-            conn.executemany(
-                "UPDATE sources SET lease_owner = ?, lease_token = lease_token + 1, "
-                "lease_until = ? WHERE name = ?",
-                [(self.instance_id, until, n) for n in free],
-            )
-            for chunk in chunks(free):
-                marks = ",".join("?" * len(chunk))
-                granted.update(
-                    conn.execute(
-                        f"SELECT name, lease_token FROM sources WHERE name IN ({marks})", chunk
-                    ).fetchall()
-                )
+                    for name, owner in holders:
+                        if owner != self.instance_id and _gone(owner):
+                            row = conn.execute(
+                                "UPDATE poll_leases SET owner = ?, token = random(), until = ? "
+                                "WHERE name = ? AND owner = ? RETURNING token",
+                                (self.instance_id, until, name, owner),
+                            ).fetchone()
+                            if row is not None:
+                                granted[name] = row[0]
         return granted
 
     def release_polls(self, leases: Mapping[str, int]) -> None:
@@ -109,8 +110,7 @@ class SqliteCoordination:
             return
         with self.database.write() as conn:
             conn.executemany(
-                "UPDATE sources SET lease_until = NULL "
-                "WHERE name = ? AND lease_owner = ? AND lease_token = ?",
+                "DELETE FROM poll_leases WHERE name = ? AND owner = ? AND token = ?",
                 [(n, self.instance_id, t) for n, t in leases.items()],
             )
 
@@ -119,8 +119,4 @@ class SqliteCoordination:
         if not self._leased:
             return  # a command that only read: it writes nothing
         with self.database.write() as conn:
-            conn.execute(
-                "UPDATE sources SET lease_until = NULL WHERE lease_owner = ? "
-                "AND lease_until IS NOT NULL",
-                (self.instance_id,),
-            )
+            conn.execute("DELETE FROM poll_leases WHERE owner = ?", (self.instance_id,))

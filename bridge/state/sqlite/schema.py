@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 
 # 2: the deliveries_pending index; 3: host_blocks; 4: poll leases on sources, deliveries_leased;
-# 5: deliveries_in_flight replaces deliveries_leased (a delivery discarded in flight is in it)
-SCHEMA_VERSION = 5
+# 5: deliveries_in_flight replaces deliveries_leased (a delivery discarded in flight is in it);
+# 6: poll leases move to a table of their own (poll_leases)
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -24,11 +25,16 @@ CREATE TABLE IF NOT EXISTS sources (
     next_poll_at REAL,
     failures INTEGER NOT NULL DEFAULT 0,
     failing_since REAL,
-    alerted INTEGER NOT NULL DEFAULT 0,
-    lease_owner TEXT,
-    lease_token INTEGER NOT NULL DEFAULT 0,
-    lease_until REAL
+    alerted INTEGER NOT NULL DEFAULT 0
 );
+-- The sources being polled: one small row per poll in flight, so that taking a wake-up's leases
+-- writes a few pages rather than one page of `sources` per source.
+CREATE TABLE IF NOT EXISTS poll_leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS items (
     source TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -95,11 +101,7 @@ CREATE TABLE IF NOT EXISTS host_blocks (
 """
 
 # Columns added to tables of files made before them: (table, column, definition).
-ADDED_COLUMNS = (
-    ("sources", "lease_owner", "TEXT"),
-    ("sources", "lease_token", "INTEGER NOT NULL DEFAULT 0"),
-    ("sources", "lease_until", "REAL"),
-)
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = ()
 
 # Indexes of older schemas that a newer one replaced.
 DROPPED_INDEXES = ("deliveries_leased",)

@@ -16,20 +16,21 @@ from bridge.state.sqlite.connection import Database, chunks
 from bridge.state.sqlite.rows import SOURCE_COLUMNS, row_from, row_values
 
 # An upsert updates the row in place, cheaper than INSERT OR REPLACE's delete and insert.
-# Writing a poll's row ends the lease it ran under.
 _UPSERT_SOURCE = (
     f"INSERT INTO sources ({SOURCE_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
     "ON CONFLICT (name) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in SOURCE_COLUMNS.split(", ")[1:])
-    + ", lease_until = NULL"
 )
 
 # Only a baselined row is touched: one that lost its content meanwhile (removed, or restored
 # from a backup, by another process) is written whole instead.
 _TOUCH_SOURCE = (
-    "UPDATE sources SET last_poll_at = ?, next_poll_at = ?, last_result = ?, lease_until = NULL "
-    "WHERE name = ? AND baselined = 1 AND (? IS NULL OR (lease_owner = ? AND lease_token = ?))"
+    "UPDATE sources SET last_poll_at = ?, next_poll_at = ?, last_result = ? "
+    "WHERE name = ? AND baselined = 1 AND (? IS NULL OR EXISTS (SELECT 1 FROM poll_leases l "
+    "WHERE l.name = sources.name AND l.owner = ? AND l.token = ?))"
 )
+# Writing a poll ends the lease it ran under.
+_RELEASE = "DELETE FROM poll_leases WHERE name = ? AND owner = ? AND token = ?"
 
 
 class SqliteSnapshots:
@@ -116,42 +117,45 @@ class SqliteSnapshots:
                 if cur.rowcount != len(touched):  # lost their lease, or their row: find which
                     lost = self._fenced_out(conn, [(r.name, t) for r, t in touched])
                     refused |= lost
-                    unwritten = self._unwritten(conn, [r.name for r, _ in touched])
-                    whole += [r for r, _ in touched if r.name in unwritten - lost]
+                    baselined = self._baselined(conn, [r.name for r, _ in touched])
+                    whole += [r for r, _ in touched if r.name not in baselined | lost]
             if whole:
                 conn.executemany(_UPSERT_SOURCE, [row_values(r) for r in whole])
             written = [c for c in commits if c.upserts or c.deletes or c.events or c.history]
             if written:
                 _write_polls(conn, written)
+            ended = [(c.row.name, c.lease) for c in commits] + [(r.name, t) for r, t in touched]
+            conn.executemany(
+                _RELEASE,
+                [(n, self.owner, t) for n, t in ended if t is not None and n not in refused],
+            )
         return refused
 
     @staticmethod
-    def _unwritten(conn: sqlite3.Connection, names: Sequence[str]) -> set[str]:
-        # Sources missing, or still leased (a touch releases the lease it writes under).
-        found: dict[str, float | None] = {}
+    def _baselined(conn: sqlite3.Connection, names: Sequence[str]) -> set[str]:
+        # Of these sources, those whose row holds a snapshot: the others lost it meanwhile.
+        found: set[str] = set()
         for chunk in chunks(names):
             marks = ",".join("?" * len(chunk))
-            found.update(
-                conn.execute(
-                    f"SELECT name, lease_until FROM sources WHERE name IN ({marks})", chunk
-                ).fetchall()
+            rows = conn.execute(
+                f"SELECT name FROM sources WHERE baselined = 1 AND name IN ({marks})", chunk
             )
-        return {n for n in names if n not in found or found[n] is not None}
+            found.update(r[0] for r in rows)
+        return found
 
     def _fenced_out(
         self, conn: sqlite3.Connection, leases: Sequence[tuple[str, int | None]]
     ) -> set[str]:
-        # The polls whose lease is no longer the source's current one: another poll took the
-        # source since (this one's lease ran out meanwhile). Polls without a lease are not fenced.
+        # The polls whose lease is no longer theirs: another poll took the source since (this
+        # one's lease ran out meanwhile). Polls without a lease are not fenced.
         held = {name: token for name, token in leases if token is not None}
         if not held:
             return set()
-        current: dict[str, tuple[str | None, int]] = {}
+        current: dict[str, tuple[str, int]] = {}
         for chunk in chunks(list(held)):
             marks = ",".join("?" * len(chunk))
             for name, owner, token in conn.execute(
-                f"SELECT name, lease_owner, lease_token FROM sources WHERE name IN ({marks})",
-                chunk,
+                f"SELECT name, owner, token FROM poll_leases WHERE name IN ({marks})", chunk
             ):
                 current[name] = (owner, token)
         return {name for name, token in held.items() if current.get(name) != (self.owner, token)}
