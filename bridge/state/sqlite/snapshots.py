@@ -15,9 +15,10 @@ from bridge.state.base import Touched
 from bridge.state.sqlite.connection import Database, chunks
 from bridge.state.sqlite.rows import SOURCE_COLUMNS, row_from, row_values
 
+_N_COLUMNS = len(SOURCE_COLUMNS.split(","))
 # An upsert updates the row in place, cheaper than INSERT OR REPLACE's delete and insert.
 _UPSERT_SOURCE = (
-    f"INSERT INTO sources ({SOURCE_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
+    f"INSERT INTO sources ({SOURCE_COLUMNS}) VALUES ({', '.join('?' * _N_COLUMNS)}) "
     "ON CONFLICT (name) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in SOURCE_COLUMNS.split(", ")[1:])
 )
@@ -26,11 +27,14 @@ _UPSERT_SOURCE = (
 # from a backup, by another process) is written whole instead.
 _TOUCH_SOURCE = (
     "UPDATE sources SET last_poll_at = ?, next_poll_at = ?, last_result = ? "
-    "WHERE name = ? AND baselined = 1 AND (? IS NULL OR EXISTS (SELECT 1 FROM poll_leases l "
-    "WHERE l.name = sources.name AND l.owner = ? AND l.token = ?))"
+    "WHERE name = ? AND baselined = 1"
 )
-# Writing a poll ends the lease it ran under.
-_RELEASE = "DELETE FROM poll_leases WHERE name = ? AND owner = ? AND token = ?"
+# Writing a poll ends the lease it ran under: its (source, token) is taken out, and a lease not
+# found is one the poll had lost (the fence), in one statement.
+_END_LEASES = (
+    "DELETE FROM poll_leases WHERE owner = ? AND (name, token) IN "
+    "(SELECT value ->> 0, value ->> 1 FROM json_each(?)) RETURNING name"
+)
 
 
 class SqliteSnapshots:
@@ -101,34 +105,26 @@ class SqliteSnapshots:
                     "DO UPDATE SET until = max(until, excluded.until)",
                     list(host_blocks.items()),
                 )
-            refused = self._fenced_out(conn, [(c.row.name, c.lease) for c in commits])
+            leases = [(c.row.name, c.lease) for c in commits]
+            leases += [(r.name, t) for r, t in touched]
+            refused = self._end_leases(conn, leases)
             if refused:
                 commits = [c for c in commits if c.row.name not in refused]
+                touched = [(r, t) for r, t in touched if r.name not in refused]
             whole = [c.row for c in commits]
             if touched:
-                owner = self.owner
                 cur = conn.executemany(
                     _TOUCH_SOURCE,
-                    [
-                        (r.last_poll_at, r.next_poll_at, r.last_result, r.name, t, owner, t)
-                        for r, t in touched
-                    ],
+                    [(r.last_poll_at, r.next_poll_at, r.last_result, r.name) for r, _ in touched],
                 )
-                if cur.rowcount != len(touched):  # lost their lease, or their row: find which
-                    lost = self._fenced_out(conn, [(r.name, t) for r, t in touched])
-                    refused |= lost
+                if cur.rowcount != len(touched):  # rows that lost their snapshot meanwhile
                     baselined = self._baselined(conn, [r.name for r, _ in touched])
-                    whole += [r for r, _ in touched if r.name not in baselined | lost]
+                    whole += [r for r, _ in touched if r.name not in baselined]
             if whole:
                 conn.executemany(_UPSERT_SOURCE, [row_values(r) for r in whole])
             written = [c for c in commits if c.upserts or c.deletes or c.events or c.history]
             if written:
                 _write_polls(conn, written)
-            ended = [(c.row.name, c.lease) for c in commits] + [(r.name, t) for r, t in touched]
-            conn.executemany(
-                _RELEASE,
-                [(n, self.owner, t) for n, t in ended if t is not None and n not in refused],
-            )
         return refused
 
     @staticmethod
@@ -143,22 +139,18 @@ class SqliteSnapshots:
             found.update(r[0] for r in rows)
         return found
 
-    def _fenced_out(
+    def _end_leases(
         self, conn: sqlite3.Connection, leases: Sequence[tuple[str, int | None]]
     ) -> set[str]:
-        # The polls whose lease is no longer theirs: another poll took the source since (this
-        # one's lease ran out meanwhile). Polls without a lease are not fenced.
-        held = {name: token for name, token in leases if token is not None}
+        # End the leases these polls ran under; returns the polls whose lease was gone: another
+        # process took the source since (the poll outlived its lease). Polls without a lease
+        # are not fenced.
+        held = [(name, token) for name, token in leases if token is not None]
         if not held:
             return set()
-        current: dict[str, tuple[str, int]] = {}
-        for chunk in chunks(list(held)):
-            marks = ",".join("?" * len(chunk))
-            for name, owner, token in conn.execute(
-                f"SELECT name, owner, token FROM poll_leases WHERE name IN ({marks})", chunk
-            ):
-                current[name] = (owner, token)
-        return {name for name, token in held.items() if current.get(name) != (self.owner, token)}
+        rows = conn.execute(_END_LEASES, (self.owner, orjson.dumps(held).decode()))
+        ended = {name for (name,) in rows}
+        return {name for name, _ in held if name not in ended}
 
 
 def _write_polls(conn: sqlite3.Connection, commits: list[PollCommit]) -> None:
