@@ -54,9 +54,9 @@ from report import med, report, write_results  # noqa: E402
 BRIDGE = [sys.executable, "-m", "bridge"]
 
 
-def bridge_once(cfg: Path, tag: str) -> Run:
-    """`bridge once -c cfg`, measured."""
-    return measure([*BRIDGE, "--log-level", "warning", "once", "-c", str(cfg)], log_name=tag)
+def bridge_once(cfg: Path, tag: str, bridge: list[str] = BRIDGE) -> Run:
+    """`bridge once -c cfg`, measured (`bridge`: the command, this interpreter's by default)."""
+    return measure([*bridge, "--log-level", "warning", "once", "-c", str(cfg)], log_name=tag)
 
 
 def statuses(nginx: Nginx, since: int) -> tuple[dict[str, int], int]:
@@ -140,7 +140,14 @@ def pass_1_2(nginx: Nginx, n: int, per_host: int, repeats: int, urlwatch: Path) 
 # --- pass 3 --------------------------------------------------------------------------------------
 
 
-def pass_3(nginx: Nginx, n: int, every: float, duration: float, per_host: int) -> dict[str, Any]:
+def pass_3(
+    nginx: Nginx,
+    n: int,
+    every: float,
+    duration: float,
+    per_host: int,
+    bridge: list[str] = BRIDGE,
+) -> dict[str, Any]:
     """`bridge run` with n sources every `every` seconds: CPU share and peak RSS."""
     d = fresh("p3")
     urls = [doc_url(nginx, i) for i in range(n)]
@@ -155,7 +162,7 @@ def pass_3(nginx: Nginx, n: int, every: float, duration: float, per_host: int) -
     )
     out: dict[str, Any] = {"n": n, "every": every, "duration": duration}
     log(f"pass 3: baseline of {n} sources with `bridge once`")
-    out["baseline"] = bridge_once(cfg, "p3-once")
+    out["baseline"] = bridge_once(cfg, "p3-once", bridge)
     # The bare loop polls the same documents under /bare/ (logged apart), in the same minutes as
     # `bridge run`: this machine is shared, and CPU per poll moved by 20-40% from one minute to
     # the next, so only a comparison in the same window means anything.
@@ -173,7 +180,7 @@ def pass_3(nginx: Nginx, n: int, every: float, duration: float, per_host: int) -
     bare_log = (WORK / "logs" / "p3-bare.log").open("wb")
     started = time.monotonic()
     proc = subprocess.Popen(
-        [*BRIDGE, "--log-level", "warning", "run", "-c", str(cfg)],
+        [*bridge, "--log-level", "warning", "run", "-c", str(cfg)],
         stdout=subprocess.DEVNULL,
         stderr=err,
         cwd=WORK,

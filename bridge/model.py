@@ -15,11 +15,23 @@ ChangeKind = Literal["added", "changed", "removed"]
 
 CHANGE_KINDS = frozenset({"added", "changed", "removed"})
 
+# How deeply arrays and objects may nest in a page of an answer (`[]` is 1 level, `[[]]` 2); a
+# deeper one is a failed poll, the first as every later one. Below it every step works with room
+# to spare: orjson encodes up to 254 levels (an event wraps an item in 2 more), and jsonpatch,
+# deepcopy and the ignore filter recurse a few Python frames per level, far from the limit of 1000.
+MAX_DEPTH = 128
+
 # Option types understood by the config loader; plugins declare their options with these.
 # "jmespath" is a string that must compile as polls compile it (`bridge check` refuses it if not).
+# What goes into a request is refused by `bridge check` where every poll would fail on it:
+# "headers" is a mapping of header names to string values, "token" a string sent in a header
+# (a secret), "method" an HTTP method; none may hold a line break.
 OPTION_TYPES = frozenset(
-    {"str", "int", "bool", "duration", "size", "mapping", "list", "choice", "jmespath", "any"}
-)
+    {
+        "str", "int", "bool", "duration", "size", "mapping", "list", "choice", "jmespath", "any",
+        "headers", "token", "method",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -51,8 +63,10 @@ class SourceSpec:
     webhooks: tuple[str, ...]
     ignore: tuple[str, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
-    file: str = ""
-    line: int | None = None
+    # Where it is written: no part of what it is, so a reload that finds a comment added above
+    # it, or the file named another way, finds no change.
+    file: str = field(default="", compare=False)
+    line: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,9 @@ class SourceRow:
     failures: int = 0
     failing_since: float | None = None
     alerted: bool = False
+    # The fingerprint of the item model (kind, items and key expressions) the snapshot was taken
+    # under; None for a row from before it was kept, which takes the current one.
+    item_model: str | None = None
 
     def copy(self) -> SourceRow:
         """A shallow copy (its FetchState is immutable), far cheaper than dataclasses.replace()."""

@@ -145,7 +145,7 @@ def test_once_exits_1_when_a_poll_fails_and_keeps_deliveries(write_config, origi
     # A failing receiver: the delivery stays queued for the next run.
     origin.set("/items", [{"id": 1, "v": 3}])
     receiver.answer(500)
-    assert run_cli("once", "-c", str(path), env=ENV).code == 0
+    assert run_cli("once", "-c", str(path), env=ENV).code == 1  # a delivery of this run failed
     pending = run_cli("deliveries", "-c", str(path), "--status", "pending", "--json", env=ENV)
     [row] = pending.lines()
     assert row["attempts"] == 1 and row["last_error"] == "HTTP 500"
@@ -371,4 +371,4 @@ def test_run_delivers_and_stops_on_sigterm(write_config, origin, receiver) -> No
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    assert receiver.events()[0]["data"]["key"] == "2"
+    assert receiver.events()[0]["data"]["key"] == 2

@@ -516,7 +516,7 @@ def test_source_name_rules(tmp_path: Path) -> None:
         "2: sources[0]: missing required key 'name'"
     )
     assert (
-        error(tmp_path, "sources:\n  - name: 12\n    kind: http\n")
+        error(tmp_path, "sources:\n  - name: 12\n    kind: http\n    url: https://x\n")
         == "2: sources[0].name: must be a string"
     )
 

@@ -19,6 +19,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from bridge.model import Finished, NewEvent, PollCommit
+from bridge.polling.keys import storage_key
 from bridge.state import State, open_state
 from tests.conftest import (
     SECRET,
@@ -167,7 +168,7 @@ def test_a_webhook_taken_out_of_the_config_keeps_its_deliveries_and_says_so(
     assert run_cli("once", "-c", str(path), env=ENV).code == 0  # the baseline
     origin.set("/a", [{"id": 1}, {"id": 2}])
     receiver.answer(500)
-    assert run_cli("once", "-c", str(path), env=ENV).code == 0  # one attempt, refused
+    assert run_cli("once", "-c", str(path), env=ENV).code == 1  # one attempt, refused: exit 1
     assert len(receiver.received) == 1
 
     # The webhook is renamed: "hook" is gone from the config, its delivery is still waiting.
@@ -199,7 +200,7 @@ def test_a_webhook_taken_out_of_the_config_keeps_its_deliveries_and_says_so(
         "webhook hook is not in the config; deliveries pending for it: 1 (kept, they go out if "
         "it is added back; `bridge discard --webhook hook` gives up on them)" in err
     )
-    assert [e["data"]["key"] for e in receiver.events()] == ["2", "2"]
+    assert [e["data"]["key"] for e in receiver.events()] == [2, 2]
 
 
 def test_a_hung_source_does_not_delay_others(write_config, origin, receiver) -> None:
@@ -292,7 +293,7 @@ def test_kill_9_loses_no_change(write_config, origin: Origin, receiver: Receiver
                         s, list(state.snapshots.item_hashes(s))
                     ).items()
                 }
-            wanted = {(n, str(k)): v for n in names for k, v in versions[n].items()}
+            wanted = {(n, storage_key(k)): v for n in names for k, v in versions[n].items()}
             return pending == 0 and stored == wanted
 
         wait_for(settled, timeout=40, interval=0.2)
@@ -309,10 +310,10 @@ def test_kill_9_loses_no_change(write_config, origin: Origin, receiver: Receiver
     duplicates = len(received) - len(set(received))
     assert duplicates <= kills * 2  # only what was in flight at a kill (concurrency 2)
     # The receiver can rebuild the origin's final state from the latest `after` of each key.
-    latest: dict[tuple[str, str], int] = {}
+    latest: dict[tuple[str, int], int] = {}
     for e in sorted(receiver.events(), key=lambda e: e["timestamp"]):
         latest[(e["data"]["source"], e["data"]["key"])] = e["data"]["after"]["v"]
-    changed = {(n, str(k)): v for n in names for k, v in versions[n].items() if v > 0}
+    changed = {(n, k): v for n in names for k, v in versions[n].items() if v > 0}
     assert {k: latest[k] for k in changed} == changed
 
 
@@ -336,7 +337,7 @@ def test_once_beside_the_daemon_leaves_delivering_to_it(write_config, origin, re
     finally:
         code, err = stop(proc)
     assert code == 0, err
-    assert len(receiver.received) == 1 and receiver.events()[0]["data"]["key"] == "2"
+    assert len(receiver.received) == 1 and receiver.events()[0]["data"]["key"] == 2
 
 
 def test_retention_trims_old_history_but_keeps_pending(write_config, origin, receiver) -> None:
@@ -441,4 +442,4 @@ def test_sighup_applies_changed_options_and_keeps_state(write_config, origin, re
         code, err = stop(proc)
     assert code == 0, err
     # The snapshot survived the reload: only the item new at the new URL is an event.
-    assert [(e["type"], e["data"]["key"]) for e in receiver.events()] == [("item.added", "2")]
+    assert [(e["type"], e["data"]["key"]) for e in receiver.events()] == [("item.added", 2)]

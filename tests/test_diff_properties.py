@@ -85,7 +85,11 @@ def _delete(value: Any, parts: list[str]) -> None:
 
 
 def ref_key(value: Any) -> str:
-    return value if isinstance(value, str) else canonical(value).decode()
+    # A string is its own key; any other JSON value (and a string starting with the marker) its
+    # JSON after the marker "\x1f": 1, "1", true and "true" are four keys.
+    if isinstance(value, str) and not value.startswith("\x1f"):
+        return value
+    return "\x1f" + canonical(value).decode()
 
 
 def ref_same(a: Any, b: Any) -> bool:

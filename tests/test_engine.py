@@ -10,6 +10,7 @@ import jsonpatch
 import pytest
 
 from bridge.polling.engine import Engine
+from bridge.polling.keys import storage_key
 from tests.conftest import STDOUT, Origin, bridge_config, engine_for, http_source
 
 COMPONENTS = {"items": "components", "key": "id"}  # the items under "components", by id
@@ -39,16 +40,16 @@ async def test_item_added_changed_removed(origin: Origin, write_config) -> None:
 
         added = by_type["item.added"]["data"]
         assert added == {
-            "source": "api", "key": "3", "before": None,
+            "source": "api", "key": 3, "before": None,
             "after": {"id": 3, "status": "ok", "updated_at": "t0"}, "changes": None,
         }  # fmt: skip
         changed = by_type["item.changed"]["data"]
-        assert changed["key"] == "1"
+        assert changed["key"] == 1  # the key as JSON gave it
         assert changed["before"]["status"] == "ok" and changed["after"]["status"] == "degraded"
         assert changed["changes"] == [{"op": "replace", "path": "/status", "value": "degraded"}]
         assert jsonpatch.apply_patch(changed["before"], changed["changes"]) == changed["after"]
         removed = by_type["item.removed"]["data"]
-        assert removed["key"] == "2" and removed["after"] is None
+        assert removed["key"] == 2 and removed["after"] is None
         assert removed["before"] == {"id": 2, "status": "ok", "updated_at": "t0"}
         assert by_type["item.changed"]["timestamp"].endswith("Z")
 
@@ -77,8 +78,8 @@ async def test_on_first_poll_emit_sends_everything(origin: Origin, write_config)
     async with engine_for(path) as engine:
         result = await engine.poll("api")
     assert [(e["type"], e["data"]["key"]) for e in result.events] == [
-        ("item.added", "1"),
-        ("item.added", "2"),
+        ("item.added", 1),
+        ("item.added", 2),
     ]
 
 
@@ -107,7 +108,7 @@ async def test_on_filters_the_kinds_sent_but_the_snapshot_follows(origin, write_
         origin.set("/c", items((1, "down"), (3, "ok")))
         result = await engine.poll("api")
         assert [e["type"] for e in result.events] == ["item.added"]
-        assert set(engine.state.snapshots.item_hashes("api")) == {"1", "3"}
+        assert set(engine.state.snapshots.item_hashes("api")) == {storage_key(1), storage_key(3)}
 
 
 async def test_key_absent_uses_content(origin: Origin, write_config) -> None:
@@ -198,10 +199,11 @@ async def test_a_poll_changes_its_own_copy_of_the_row_and_a_dry_run_keeps_nothin
         assert dry.result == "unchanged" and not engine._touched and not engine._buffer
         origin.set("/c", body=b"{}", status=500)
         failed = await engine.poll("api")
-        assert failed.result == "error" and engine._buffer["api"].row is not written
+        # A failed poll is written at once (`bridge status` shows it), from its own copy.
+        assert failed.result == "error" and "api" not in engine._buffer
         assert written.failures == 0 and written.last_error is None
-        engine.flush()
-        assert engine._rows is not None and engine._rows["api"].failures == 1
+        assert engine._rows is not None and engine._rows["api"] is not written
+        assert engine._rows["api"].failures == 1
         assert engine.state.snapshots.source_row("api").failures == 1
 
 
@@ -287,7 +289,8 @@ async def test_partial_pages_never_look_like_removals(origin: Origin, write_conf
     path = write_config(bridge_config(api(origin.url("/p1"), **extra), webhooks=STDOUT))
     async with engine_for(path) as engine:
         await engine.poll("api")
-        assert set(engine.state.snapshots.item_hashes("api")) == {"1", "2", "3", "4", "5"}
+        stored = engine.state.snapshots.item_hashes("api")
+        assert set(stored) == {storage_key(i) for i in range(1, 6)}
     # Now only two pages may be read: item 5 is out of the window, not removed.
     path = write_config(
         bridge_config(api(origin.url("/p1"), **{**extra, "max_pages": 2}), webhooks=STDOUT)
@@ -295,7 +298,7 @@ async def test_partial_pages_never_look_like_removals(origin: Origin, write_conf
     page(1, [0, 1])  # a new item pushes the list along
     async with engine_for(path) as engine:
         result = await engine.poll("api")
-    assert [(e["type"], e["data"]["key"]) for e in result.events] == [("item.added", "0")]
+    assert [(e["type"], e["data"]["key"]) for e in result.events] == [("item.added", 0)]
 
 
 async def test_alert_after_sends_failing_once_then_recovered(origin: Origin, write_config) -> None:

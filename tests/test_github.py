@@ -114,8 +114,8 @@ async def test_issues_follow_the_five_recorded_pages(fake: FakeGitHub, write_con
     path = write_config(config(source("issues", fake, repo, watch="issues", on_first_poll="emit")))
     async with engine_for(path) as engine:
         result = await engine.poll("issues")
-    # 13 issues over 5 pages of 3, newest first, keyed by id
-    assert keys(result) == [("item.added", str(1000 + i)) for i in range(13)]
+    # 13 issues over 5 pages of 3, newest first, keyed by id (a JSON number, as GitHub gives it)
+    assert keys(result) == [("item.added", 1000 + i) for i in range(13)]
     assert [e["data"]["after"]["number"] for e in result.events] == list(range(13, 0, -1))
     assert fake.queries(ISSUES) == [
         {"per_page": "100", "state": "all", "sort": "updated", "direction": "desc"}
@@ -148,7 +148,7 @@ async def test_max_pages_window_is_incomplete_and_removes_nothing(
     async with engine_for(path) as engine:
         result = await engine.poll("issues")
         stored = engine.state.snapshots.item_hashes("issues")
-    assert keys(result) == [("item.changed", "1000")]  # 7 issues unseen, none removed
+    assert keys(result) == [("item.changed", 1000)]  # 7 issues unseen, none removed
     assert len(stored) == 13
     assert len(fake.hits("/repositories/1000/issues")) == 4 + 1
 
@@ -199,7 +199,8 @@ async def test_a_remembered_url_is_dropped_when_the_config_changes(
     path = write_config(config(source("moved", fake, f"{ORG}/rename-repository", watch="tags")))
     async with engine_for(path) as engine:
         result = await engine.poll("moved")
-    assert result.result == "changed"
+    # releases (keyed by id) became tags (keyed by name): a new baseline, not a diff
+    assert result.result == "new" and result.events == []
     assert len(fake.hits(f"/repos/{ORG}/rename-repository/tags")) == 1
 
 
@@ -441,7 +442,7 @@ async def test_a_reactions_count_alone_is_no_change(fake: FakeGitHub, write_conf
         add_releases(fake, [dict(busier, name="Version 1.0.0 (final)")])
         loud = await engine.poll("rel")
     [event] = loud.events
-    assert (event["type"], event["data"]["key"]) == ("item.changed", "1000")
+    assert (event["type"], event["data"]["key"]) == ("item.changed", 1000)
     assert event["data"]["changes"] == [
         {"op": "replace", "path": "/name", "value": "Version 1.0.0 (final)"}
     ]
@@ -452,12 +453,17 @@ async def test_a_reactions_count_alone_is_no_change(fake: FakeGitHub, write_conf
     [
         ("tags", "tags", {}, "v1.0.0"),
         ("commits", "commits", {"branch": "release/1.x"}, "0" * 39 + "1"),
-        ("workflow_runs", "workflow-runs", {}, "1001"),
+        ("workflow_runs", "workflow-runs", {}, 1001),
         ("events", "events", {}, "10000000002"),
     ],
 )
 async def test_natural_keys(
-    watch: str, exchange: str, options: dict[str, str], key: str, fake: FakeGitHub, write_config
+    watch: str,
+    exchange: str,
+    options: dict[str, str],
+    key: str | int,
+    fake: FakeGitHub,
+    write_config,
 ) -> None:
     fake.add(extra(exchange))
     opts = {"watch": watch, "on_first_poll": "emit", **options}

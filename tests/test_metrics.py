@@ -38,7 +38,7 @@ def test_counts_and_a_cumulative_duration_histogram():
     assert v("bridge_events_total", source="api", type="item.changed") == 2
     assert v("bridge_events_total", source="api", type="item.added") == 1
     assert v("bridge_deliveries_total", webhook="hook", result="delivered") == 2
-    assert v("bridge_deliveries_total", webhook="hook", result="pending") == 1
+    assert v("bridge_deliveries_total", webhook="hook", result="retry") == 1
     assert v("bridge_delivery_queue", webhook="hook", status="pending") == 3
     assert v("bridge_poll_duration_seconds_bucket", le="0.005") == 2
     assert v("bridge_poll_duration_seconds_bucket", le="0.25") == 2

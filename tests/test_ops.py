@@ -126,7 +126,7 @@ def test_metrics_count_polls_events_and_deliveries(write_config, origin: Origin,
     assert value(m, "bridge_poll_duration_seconds_count") == polls
     assert value(m, "bridge_poll_duration_seconds_sum") > 0
     assert value(m, "bridge_events_total", source="api", type="item.changed") == 1
-    assert value(m, "bridge_deliveries_total", webhook="hook", result="pending") == 1
+    assert value(m, "bridge_deliveries_total", webhook="hook", result="retry") == 1
     assert value(m, "bridge_deliveries_total", webhook="hook", result="delivered") == 1
     assert value(m, "bridge_delivery_queue", webhook="hook", status="pending") == 0
     assert value(m, "bridge_delivery_queue", webhook="hook", status="dead") == 0
@@ -150,9 +150,7 @@ def test_json_logs_parse_line_by_line_and_hold_no_secret(write_config, origin, r
     assert origin.hits("/items")[0]["Authorization"] == f"Bearer {TOKEN}"
     records = []
     for result in (first, second):
-        for line in result.stderr.splitlines():
-            if line.startswith("bridge: "):  # the command's own summary, not a log line
-                continue
+        for line in result.stderr.splitlines():  # the command's own summary is JSON too
             records.append(orjson.loads(line))
         everything = result.stdout + result.stderr
         for secret in (SECRET, SECRET.removeprefix("whsec_"), TOKEN):
@@ -161,7 +159,8 @@ def test_json_logs_parse_line_by_line_and_hold_no_secret(write_config, origin, r
     assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
     assert ("info", "poll api: new, 1 events") in messages
     assert any(level == "warning" and "poll broken failed" in m for level, m in messages)
-    assert any(level == "info" and "failed (HTTP 500); retry" in m for level, m in messages)
+    # a retry is a warning in `once`, where it fails the run (exit 1)
+    assert any(level == "warning" and "failed (HTTP 500); retry" in m for level, m in messages)
     assert any(level == "debug" and m.startswith("delivered evt_") for level, m in messages)
     assert any(level == "debug" and m == "poll api: unchanged" for level, m in messages)
 
@@ -257,7 +256,7 @@ def test_the_readme_cron_line_runs_quietly_and_speaks_up_on_failure(write_config
     assert (quiet.code, quiet.stdout, quiet.stderr) == (0, "", "")
     origin.set("/items", body=b"", status=500)
     loud = run_cli(*args)
-    assert loud.code == 1 and "api: HTTP 500" in loud.stderr
+    assert loud.code == 1 and "poll api failed: HTTP 500" in loud.stderr
 
 
 @pytest.mark.slow
@@ -290,7 +289,7 @@ def test_once_shows_progress_on_a_terminal(write_config, origin) -> None:
 def test_systemd_unit_has_what_a_service_needs() -> None:
     unit = (ROOT / "contrib" / "bridge.service").read_text()
     for line in (
-        "Type=exec",
+        "Type=notify",
         "ExecStart=/opt/bridge/bin/bridge run -c /etc/bridge/bridge.yaml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",

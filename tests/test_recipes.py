@@ -1,5 +1,7 @@
 """The README's chat recipes, read from README.md itself so the two cannot drift: each loads with
-load_config and renders the sample event to exactly the JSON the README says it sends."""
+load_config and renders the sample event to exactly the JSON the README says it sends. And its
+cookbook, as the README combines it: each recipe alone and all together, each chat message
+rendered from an event its own source made."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 
 from bridge.config import load_config
 from bridge.templates import render_body
+from tests.conftest import Origin, engine_for
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TOPIC = "bridge-alerts-7f3k2"  # the README shows ntfy's output with NTFY_TOPIC set to this
@@ -114,3 +117,103 @@ def test_recipes_render_every_kind_of_event(tmp_path: Path, event: Any) -> None:
         assert "None" not in text and "Undefined" not in text, (heading, text)
         if event["type"] == "source.failing":
             assert "HTTP 500" in text, heading
+
+
+# --- the cookbook: its blocks as the README combines them ---------------------------------------
+
+COOKBOOK_ENV = {
+    "GITHUB_TOKEN": "ghp_cookbook",
+    "GHES_TOKEN": "ghp_enterprise",
+    "OPS_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "CHAT_WEBHOOK_URL": "https://chat.example.com/hooks/T000/B000",
+}
+RELEASE = orjson.loads(
+    (README.parent / "tests/fixtures/octokit/release-assets/normalized-fixture.json").read_bytes()
+)[0]["response"]  # a release as GitHub's API answers it (octokit's recording)
+ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom">
+  <title>Python Insider</title><id>tag:blog.python.org,1999:blog</id>
+  <updated>2026-11-29T19:30:00Z</updated>
+  <entry>
+    <title>Python 3.15.0 alpha 2 is out</title>
+    <id>tag:blog.python.org,1999:post-42</id>
+    <link rel="alternate" href="https://blog.python.org/2026/11/python-3150a2.html"/>
+    <updated>2026-11-29T19:30:00Z</updated>
+  </entry>
+</feed>
+"""
+# What the origin answers for each kind of source, and what a message about it must mention.
+SAMPLES: dict[tuple[str, str | None], tuple[bytes, str]] = {
+    ("github", "releases"): (orjson.dumps([RELEASE]), RELEASE["tag_name"]),
+    ("feed", None): (ATOM, "Python 3.15.0 alpha 2 is out"),
+}
+
+
+def cookbook() -> tuple[str, list[str]]:
+    """The cookbook's first block (a whole config) and the recipes to add to its sources."""
+    text = README.read_text()
+    start = text.index("\n## Cookbook\n")
+    section = text[start : text.index("\n## ", start + 1)]
+    first, *more = re.findall(r"^```yaml\n(.*?)^```$", section, re.M | re.S)
+    assert all(block.startswith("  - name: ") for block in more), more
+    return first, more
+
+
+FIRST, MORE = cookbook()
+
+
+def load_cookbook(tmp_path: Path, *recipes: str) -> Any:
+    path = tmp_path / "bridge.yaml"
+    path.write_text("state: state.db\n" + FIRST + "".join(recipes))
+    return load_config(path, COOKBOOK_ENV)
+
+
+def test_each_cookbook_recipe_loads_alone_and_beside_the_others(tmp_path: Path) -> None:
+    alone = [s.name for recipe in MORE for s in load_cookbook(tmp_path, recipe).sources[1:]]
+    together = load_cookbook(tmp_path, *MORE)
+    assert [s.name for s in together.sources] == ["httpx-releases", *alone]
+    for spec in together.sources:
+        assert set(spec.webhooks) <= set(together.webhooks), spec.name
+
+
+async def test_each_cookbook_chat_message_names_the_item_of_its_own_kind(
+    tmp_path: Path, origin: Origin
+) -> None:
+    config = load_cookbook(tmp_path, *MORE)
+    sent = [
+        (spec, name)
+        for spec in config.sources
+        for name in spec.webhooks
+        if config.webhooks[name].body is not None
+    ]
+    assert {name for _, name in sent} == {"release-chat", "post-chat"}
+    for spec, hook in sent:
+        watch = spec.options.get("watch", "releases") if spec.kind == "github" else None
+        assert (spec.kind, watch) in SAMPLES, f"{spec.name}: add a sample answer of its kind"
+        answer, mention = SAMPLES[spec.kind, watch]
+        for body in await first_poll(tmp_path, origin, spec, answer):
+            message = orjson.dumps(orjson.loads(render_body(config.webhooks[hook].body, body)))
+            assert mention in message.decode(), (spec.name, hook, message)
+
+
+async def first_poll(tmp_path: Path, origin: Origin, spec: Any, answer: bytes) -> list[bytes]:
+    """The events of a cookbook source's first poll: the recipe as written, pointed at a local
+    origin that answers as the real API would, sending its items instead of a silent baseline."""
+    text = "state: state.db\n" + FIRST + "".join(MORE)
+    head = f"  - name: {spec.name}\n"
+    if spec.kind == "github":
+        text = text.replace(head, f"{head}    api_url: {origin.url('')}\n")
+        watch = spec.options.get("watch", "releases")
+        origin.set(f"/repos/{spec.options['repo']}/{watch}", body=answer)
+    else:
+        text = text.replace(spec.options["url"], origin.url(f"/{spec.name}"))
+        origin.set(f"/{spec.name}", body=answer)
+    text = text.replace(head, f"{head}    on_first_poll: emit\n")
+    for name, value in COOKBOOK_ENV.items():
+        text = text.replace("${" + name + "}", value)
+    path = tmp_path / f"{spec.name}.yaml"
+    path.write_text(text)
+    async with engine_for(path) as pipeline:
+        result = await pipeline.poll(spec.name)
+    assert result.result == "new" and result.bodies, result
+    return result.bodies

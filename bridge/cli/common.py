@@ -1,12 +1,15 @@
-"""What every `bridge` command shares: -c/--config, error handling and exit codes, the loop."""
+"""What every `bridge` command shares: -c/--config and where the config is found, error
+handling and exit codes, the commands' own lines on stderr, shell completion of names, the loop."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -14,26 +17,73 @@ from click.core import ParameterSource
 
 from bridge.config import Config, load_config
 from bridge.errors import BridgeError, ConfigError, StateError
+from bridge.service import logs
 from bridge.state import State, open_state
 
 T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
+# The commands' own lines on stderr (summaries, a first poll's baseline, errors): `bridge: ...`
+# in text, JSON records with --log-format json, like every other line there.
+say = logging.getLogger(logs.CLI)
 
-def _default_config() -> str:
-    return os.environ.get("BRIDGE_CONFIG", "bridge.yaml")
+CONFIG_HELP = (
+    "The config file. Default: $BRIDGE_CONFIG, else the first of ./bridge.yaml, "
+    "$XDG_CONFIG_HOME/bridge/bridge.yaml (~/.config/...), /etc/bridge/bridge.yaml."
+)
+
+
+def prog() -> str:
+    """The name this program was run as: `bridge`, or `bridge-push` where iproute2's `bridge`
+    comes first on PATH."""
+    ctx = click.get_current_context(silent=True)
+    name = ctx.find_root().info_name if ctx is not None else None
+    return name or "bridge"
+
+
+def config_places(env: Mapping[str, str] = os.environ) -> list[Path]:
+    """Where a config is looked for without -c and $BRIDGE_CONFIG, in order (SPEC §2)."""
+    xdg = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    return [
+        Path("bridge.yaml"),
+        Path(xdg) / "bridge" / "bridge.yaml",
+        Path("/etc/bridge/bridge.yaml"),
+    ]
+
+
+def find_config(given: str | None = None) -> str:
+    """The config a command reads: its own -c, else the one before the command, else
+    $BRIDGE_CONFIG, else the first of config_places() that exists; ConfigError (exit 2) naming
+    the places looked when there is none."""
+    if given:
+        return given
+    ctx = click.get_current_context(silent=True)
+    before = ctx.find_root().params.get("config") if ctx is not None else None
+    if before:
+        return str(before)
+    if os.environ.get("BRIDGE_CONFIG"):
+        return os.environ["BRIDGE_CONFIG"]
+    places = config_places()
+    for place in places:
+        if place.is_file():
+            return str(place)
+    looked = ", ".join(["./bridge.yaml", *(str(p) for p in places[1:])])
+    raise ConfigError(
+        f"no config file: looked for {looked} (and $BRIDGE_CONFIG is not set); "
+        f"`{prog()} init` writes a starter ./bridge.yaml, or name one with -c FILE"
+    )
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """-c/--config on every command."""
+    """-c/--config on a command (it wins over one given before the command)."""
     return click.option(
         "-c",
         "--config",
         "config_path",
-        default=_default_config,
-        show_default="./bridge.yaml or $BRIDGE_CONFIG",
-        help="The config file.",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=CONFIG_HELP,
     )(f)
 
 
@@ -45,13 +95,10 @@ def handle_errors(f: Callable[..., int | None]) -> Callable[..., None]:
         try:
             code = f(*args, **kwargs)
         except ConfigError as exc:
-            click.echo(f"bridge: {exc}", err=True)
+            fail(str(exc))
             sys.exit(EXIT_USAGE)
-        except StateError as exc:
-            click.echo(f"bridge: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-        except BridgeError as exc:
-            click.echo(f"bridge: {exc}", err=True)
+        except (StateError, BridgeError) as exc:
+            fail(str(exc))
             sys.exit(EXIT_FAILED)
         except KeyboardInterrupt:
             sys.exit(130)
@@ -60,14 +107,29 @@ def handle_errors(f: Callable[..., int | None]) -> Callable[..., None]:
     return wrapper
 
 
+def fail(message: str) -> None:
+    """One error line of a command on stderr (a JSON record with --log-format json)."""
+    if not logging.getLogger().handlers:  # before logging is set up: plain, as it would be
+        click.echo(f"bridge: {message}", err=True)
+        return
+    say.error("%s", message, extra={"error": message})
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on a fresh event loop."""
     return asyncio.run(coro)
 
 
-def load(config_path: str) -> Config:
-    """The config file, with ${ENV} from this process's environment."""
-    return load_config(config_path, os.environ)
+def load(config_path: str | None) -> Config:
+    """The config file (-c, or found as find_config says), with ${ENV} from this process's
+    environment."""
+    return load_config(find_config(config_path), os.environ)
+
+
+def load_for_queue(config_path: str | None) -> Config:
+    """The config for the commands that only read or change the queue (status, events,
+    deliveries, replay, discard): they send nothing, so a secret's unset variable is no error."""
+    return load_config(find_config(config_path), os.environ, secrets="placeholder")
 
 
 def log_level_given() -> bool:
@@ -99,3 +161,33 @@ def check_webhook_name(webhook: str, known: Iterable[str]) -> None:
     names = list(known)
     if webhook not in names:
         raise ConfigError(f"unknown webhook {webhook!r} (known: {', '.join(names) or 'none'})")
+
+
+# --- shell completion ----------------------------------------------------------------------
+
+
+def _config_quietly(ctx: click.Context) -> Config | None:
+    # Completion runs on every Tab: a missing or broken config completes nothing, and prints
+    # nothing that would land in the user's command line. Names need no secret.
+    try:
+        return load_for_queue(ctx.params.get("config_path") or ctx.find_root().params.get("config"))
+    except Exception:
+        return None
+
+
+def complete_sources(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """The config's source names starting with `incomplete` (not those already given)."""
+    config = _config_quietly(ctx)
+    if config is None:
+        return []
+    given = ctx.params.get(param.name or "") or ()
+    given = given if isinstance(given, tuple) else ()
+    return [s.name for s in config.sources if s.name.startswith(incomplete) and s.name not in given]
+
+
+def complete_webhooks(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """The config's webhook names starting with `incomplete`."""
+    config = _config_quietly(ctx)
+    if config is None:
+        return []
+    return [name for name in config.webhooks if name.startswith(incomplete)]

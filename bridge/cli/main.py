@@ -1,6 +1,6 @@
 """The `bridge` command: with common.py, queue.py and tools.py beside it, the only place that
-reads argv and the environment, sets up logging and wires objects. Here: the group and the
-commands on a config."""
+reads argv and the environment, sets up logging and wires objects. Here: the group, `check`,
+`run` and the listings; polls.py has `once` and `poll`."""
 
 from __future__ import annotations
 
@@ -15,29 +15,70 @@ import orjson
 
 from bridge import __version__
 from bridge.cli.common import (
-    EXIT_FAILED,
+    CONFIG_HELP,
     EXIT_OK,
+    EXIT_USAGE,
     check_source_names,
+    check_webhook_name,
+    complete_sources,
+    complete_webhooks,
     config_option,
+    fail,
     handle_errors,
     load,
-    log_level_given,
+    load_for_queue,
     open_config_state,
     run_async,
 )
+from bridge.cli.polls import once, poll
 from bridge.cli.queue import discard, replay
 from bridge.cli.tables import print_table, relative, when
 from bridge.cli.tools import demo, init, listen
-from bridge.config import Config, redacted
+from bridge.config import Config, ConfigProblems, redacted
 from bridge.service import logs
+from bridge.state import State
+
+LEVELS = ["debug", "info", "warning", "error"]
 
 
-@click.group()
-@click.version_option(__version__, prog_name="bridge")
+class BridgeGroup(click.Group):
+    """The `bridge` group; with --log-format json a usage error is a JSON line too."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; under --log-format json, say a usage error as a JSON record."""
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if ctx.params.get("log_format") != "json":
+                raise
+            if not logs.is_json():  # the command's name was wrong: no callback ran yet
+                logs.setup(ctx.params.get("log_level") or "info", "json")
+            fail(exc.format_message())
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=BridgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__)  # named as run: `bridge` or `bridge-push`
 @click.option(
-    "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
+    "-c",
+    "--config",
+    type=click.Path(dir_okay=False),
+    help=CONFIG_HELP + " A -c after the command wins.",
 )
-@click.option("--log-format", default="text", type=click.Choice(["text", "json"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(LEVELS, case_sensitive=False),
+    help="The least important log lines shown.",
+)
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    help="text: readable lines; json: one JSON object per line, every line of stderr.",
+)
 @click.option(
     "--busy-timeout",
     default=5.0,
@@ -45,21 +86,27 @@ from bridge.service import logs
     type=click.FloatRange(0),
     help="Seconds to wait for a state file another process is writing.",
 )
-def main(log_level: str, log_format: str, busy_timeout: float) -> None:
+def main(config: str | None, log_level: str, log_format: str, busy_timeout: float) -> None:
     """Turn pull-only HTTP APIs into push: poll, diff, and send signed webhooks."""
-    logs.setup(log_level, log_format)  # busy_timeout is read by open_config_state
+    # `config` is read by find_config, `busy_timeout` by open_config_state.
+    logs.setup(log_level, log_format)
 
 
-for _command in (replay, discard, init, listen, demo):
+for _command in (once, poll, replay, discard, init, listen, demo):
     main.add_command(_command)
 
 
 @main.command()
 @config_option
 @handle_errors
-def check(config_path: str) -> int:
+def check(config_path: str | None) -> int:
     """Validate the config and list its sources (secrets redacted)."""
-    config = load(config_path)
+    try:
+        config = load(config_path)
+    except ConfigProblems as exc:  # every problem, each on its line; other commands show one
+        for line in exc.report():
+            fail(line)  # `bridge: ...`, or a JSON record with --log-format json
+        return EXIT_USAGE
     print_table(redacted(config), ["name", "kind", "schedule", "webhooks"])
     click.echo(f"{config.path}: ok, {len(config.sources)} sources, {len(config.webhooks)} webhooks")
     return EXIT_OK
@@ -67,123 +114,8 @@ def check(config_path: str) -> int:
 
 @main.command()
 @config_option
-@click.argument("sources", nargs=-1)
-@click.option(
-    "-q", "--quiet", is_flag=True, help="Print nothing unless something failed (for cron)."
-)
 @handle_errors
-def once(config_path: str, sources: tuple[str, ...], quiet: bool) -> int:
-    """Poll the named sources (default: all) once, send what is due, exit."""
-    config = load(config_path)
-    check_source_names(config, sources)
-    names = list(sources) or [s.name for s in config.sources]
-    if quiet and not log_level_given():
-        logs.quieter()
-    return run_async(_once(config, names, quiet=quiet))
-
-
-# Progress shows when one pass polls at least this many sources and stderr is a terminal.
-PROGRESS_FROM = 10
-
-
-async def _once(config: Config, names: list[str], *, quiet: bool = False) -> int:
-    from bridge.delivery.dispatcher import Dispatcher
-    from bridge.http import HttpClient
-    from bridge.polling.engine import Engine, PollResult
-
-    state = open_config_state(config, create=True)
-    try:
-        async with HttpClient(per_host=config.per_host) as http:
-            dispatcher = Dispatcher(config.webhooks, state.outbox, http)
-            engine = Engine(config, state, http)
-            done = errors = 0
-            shown = 0.0
-            show = not quiet and sys.stderr.isatty() and len(names) >= PROGRESS_FROM
-
-            def progress(result: PollResult) -> None:
-                nonlocal done, errors, shown
-                done += 1
-                errors += result.result == "error"
-                # A terminal redraw per poll would cost more than the polls; ten a second reads.
-                if show and (time.monotonic() - shown >= 0.1 or done == len(names)):
-                    shown = time.monotonic()
-                    failed = f", {errors} failed" if errors else ""
-                    line = f"\rpolling: {done}/{len(names)} sources{failed}"
-                    click.echo(line, err=True, nl=False)
-
-            results = await engine.poll_many(names, progress=progress)
-            if show:
-                click.echo("\r\033[K", err=True, nl=False)  # the summary replaces the progress
-            if state.coordination.daemon_running():
-                if not quiet:
-                    click.echo(
-                        "bridge: a `bridge run` is using this state file; it delivers", err=True
-                    )
-            else:
-                await dispatcher.deliver_due()
-    finally:
-        state.close()
-    failed = [r for r in results if r.result == "error"]
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.result] = counts.get(r.result, 0) + 1
-    events = sum(len(r.bodies) for r in results)
-    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    if failed or not quiet:
-        click.echo(f"bridge: polled {len(results)} sources ({summary}); {events} events", err=True)
-    for r in failed:
-        click.echo(f"bridge: {r.source}: {r.error}", err=True)
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-@main.command()
-@config_option
-@click.argument("source")
-@click.option("--dry-run", is_flag=True, help="Store nothing and send nothing.")
-@handle_errors
-def poll(config_path: str, source: str, dry_run: bool) -> int:
-    """Poll one source now and print the events it produced."""
-    config = load(config_path)
-    check_source_names(config, [source])
-    return run_async(_poll(config, source, dry_run))
-
-
-async def _poll(config: Config, name: str, dry_run: bool) -> int:
-    from bridge.delivery.dispatcher import Dispatcher
-    from bridge.http import HttpClient
-    from bridge.polling.engine import Engine
-    from bridge.state import open_scratch_state, state_exists
-
-    # A dry run on a fresh setup compares against an empty snapshot that vanishes afterwards.
-    if dry_run and not state_exists(config.state):
-        state = open_scratch_state()
-    else:
-        state = open_config_state(config, create=True)
-    try:
-        async with HttpClient(per_host=config.per_host) as http:
-            engine = Engine(config, state, http)
-            result = await engine.poll(name, dry_run=dry_run)
-            for event in result.events:
-                click.echo(orjson.dumps(event).decode())
-            if not dry_run:
-                engine.flush()
-                if not state.coordination.daemon_running():
-                    await Dispatcher(config.webhooks, state.outbox, http).deliver_due()
-    finally:
-        state.close()
-    click.echo(
-        f"bridge: {name}: {result.result}, {len(result.bodies)} events"
-        + (f": {result.error}" if result.error else "")
-        + (" (dry run: nothing stored or sent)" if dry_run else ""),
-        err=True,
-    )
-    return EXIT_FAILED if result.result == "error" else EXIT_OK
-
-
-@main.command()
-@config_option
-@handle_errors
-def run(config_path: str) -> int:
+def run(config_path: str | None) -> int:
     """Run the daemon: poll on schedule, deliver continuously (SIGHUP reloads)."""
     from bridge.service.daemon import Daemon
 
@@ -192,16 +124,19 @@ def run(config_path: str) -> int:
 
 
 def _listing(
-    config_path: str,
+    config_path: str | None,
     fetch: Callable[[Any], list[dict[str, Any]]],
     as_json: bool,
     columns: Sequence[str],
     for_people: Callable[[dict[str, Any]], None],
+    check_names: Callable[[Config, State], None],
 ) -> int:
-    """Rows read from the state file: JSON lines for machines, or a table for people."""
-    config = load(config_path)
+    """Rows read from the state file: JSON lines for machines, or a table for people. A name
+    to filter by is checked first (`check_names`): a typo is an error, not an empty table."""
+    config = load_for_queue(config_path)
     state = open_config_state(config)
     try:
+        check_names(config, state)
         rows = fetch(state.admin)
     finally:
         state.close()
@@ -217,18 +152,20 @@ def _listing(
 
 @main.command()
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object).")
 @handle_errors
-def status(config_path: str, as_json: bool) -> int:
+def status(config_path: str | None, as_json: bool) -> int:
     """Per source: last poll, result, last change, next poll, failures; per webhook: queue."""
-    config = load(config_path)
+    config = load_for_queue(config_path)
     state = open_config_state(config)
     try:
-        rows = state.snapshots.source_rows()
+        # The console's query too (bridge.service.console): one listing of the sources.
+        _, page = state.admin.sources([spec.name for spec in config.sources])
         counts = state.admin.delivery_counts(config.webhooks)
         running = state.coordination.daemon_running()
     finally:
         state.close()
+    rows = {row.name: row for row in page}
     sources: list[dict[str, Any]] = []
     for spec in config.sources:
         row = rows.get(spec.name)
@@ -285,15 +222,30 @@ def status(config_path: str, as_json: bool) -> int:
 
 @main.command()
 @config_option
-@click.option("--source", help="Only this source's events.")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--source",
+    shell_complete=complete_sources,
+    help="Only this source's events (also one no longer in the config).",
+)
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1),
+    help="At most this many events.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @handle_errors
-def events(config_path: str, source: str | None, limit: int, as_json: bool) -> int:
+def events(config_path: str | None, source: str | None, limit: int, as_json: bool) -> int:
     """Recent events, newest first."""
 
     def for_people(e: dict[str, Any]) -> None:
         e["created_at"] = when(e["created_at"])
+
+    def check_names(config: Config, state: State) -> None:
+        # A source taken out of the config keeps its events: the state file's names count.
+        if source:
+            check_source_names(config, [source], also=state.snapshots.source_rows())
 
     return _listing(
         config_path,
@@ -301,23 +253,45 @@ def events(config_path: str, source: str | None, limit: int, as_json: bool) -> i
         as_json,
         ["id", "created_at", "source", "type", "key"],
         for_people,
+        check_names,
     )
 
 
 @main.command()
 @config_option
-@click.option("--status", "status_", type=click.Choice(["pending", "delivered", "dead"]))
-@click.option("--webhook", help="Only deliveries to this webhook.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice(["pending", "delivered", "dead"]),
+    help="Only deliveries in this state.",
+)
+@click.option(
+    "--webhook",
+    shell_complete=complete_webhooks,
+    help="Only deliveries to this webhook (also one no longer in the config).",
+)
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1),
+    help="At most this many deliveries.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @handle_errors
 def deliveries(
-    config_path: str, status_: str | None, webhook: str | None, limit: int, as_json: bool
+    config_path: str | None, status_: str | None, webhook: str | None, limit: int, as_json: bool
 ) -> int:
     """The delivery queue and history, with attempt counts and the last error."""
 
     def for_people(d: dict[str, Any]) -> None:
         d["next_attempt_at"] = when(d["next_attempt_at"]) if d["status"] == "pending" else "-"
+
+    def check_names(config: Config, state: State) -> None:
+        # As `discard --webhook`: a webhook taken out of the config keeps its deliveries.
+        if webhook:
+            known = {*config.webhooks, *state.admin.delivery_counts()}
+            check_webhook_name(webhook, sorted(known))
 
     return _listing(
         config_path,
@@ -325,4 +299,5 @@ def deliveries(
         as_json,
         ["id", "event_id", "webhook", "status", "attempts", "next_attempt_at", "last_error"],
         for_people,
+        check_names,
     )

@@ -11,9 +11,11 @@ from bridge.cli.common import (
     EXIT_OK,
     check_source_names,
     check_webhook_name,
+    complete_sources,
+    complete_webhooks,
     config_option,
     handle_errors,
-    load,
+    load_for_queue,
     open_config_state,
 )
 from bridge.config import Config
@@ -25,11 +27,15 @@ from bridge.state import Admin
 @config_option
 @click.argument("event_ids", nargs=-1)
 @click.option("--dead", is_flag=True, help="Replay every dead delivery (narrow with the options).")
-@click.option("--webhook", help="Only deliveries to this webhook.")
-@click.option("--source", help="Only deliveries of this source's events.")
+@click.option(
+    "--webhook", shell_complete=complete_webhooks, help="Only deliveries to this webhook."
+)
+@click.option(
+    "--source", shell_complete=complete_sources, help="Only deliveries of this source's events."
+)
 @handle_errors
 def replay(
-    config_path: str,
+    config_path: str | None,
     event_ids: tuple[str, ...],
     dead: bool,
     webhook: str | None,
@@ -38,7 +44,7 @@ def replay(
     """Queue deliveries again; the event keeps its webhook-id."""
     if bool(event_ids) == dead:
         raise ConfigError("give EVENT_ID... or --dead, not both and not neither")
-    config = load(config_path)
+    config = load_for_queue(config_path)
     if webhook:
         check_webhook_name(webhook, config.webhooks)
     state = open_config_state(config)
@@ -73,16 +79,25 @@ def replay(
 @click.command()
 @config_option
 @click.argument("event_ids", nargs=-1)
-@click.option("--webhook", help="Only deliveries to this webhook (configured or not).")
-@click.option("--source", help="Only deliveries of this source's events.")
+@click.option(
+    "--webhook",
+    shell_complete=complete_webhooks,
+    help="Only deliveries to this webhook (configured or not).",
+)
+@click.option(
+    "--source", shell_complete=complete_sources, help="Only deliveries of this source's events."
+)
 @handle_errors
 def discard(
-    config_path: str, event_ids: tuple[str, ...], webhook: str | None, source: str | None
+    config_path: str | None,
+    event_ids: tuple[str, ...],
+    webhook: str | None,
+    source: str | None,
 ) -> int:
     """Give up on pending deliveries: they become dead (kept until retention trims them)."""
     if not (event_ids or webhook or source):
         raise ConfigError("give EVENT_ID..., --webhook or --source: which deliveries to discard")
-    config = load(config_path)
+    config = load_for_queue(config_path)
     state = open_config_state(config)
     try:
         store = state.admin

@@ -6,6 +6,7 @@ It knows the options every source has; a plugin's own options are declared by th
 
 from __future__ import annotations
 
-from bridge.config.load import Config, WebhookSpec, load_config, redacted
+from bridge.config.load import Config, Secrets, WebhookSpec, load_config, redacted
+from bridge.config.problems import ConfigProblems
 
-__all__ = ["Config", "WebhookSpec", "load_config", "redacted"]
+__all__ = ["Config", "ConfigProblems", "Secrets", "WebhookSpec", "load_config", "redacted"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from bridge.config.units import check_templates, parse_duration, parse_secret, parse_size
@@ -13,6 +14,7 @@ from bridge.config.yamldoc import Doc, KeyPath
 from bridge.errors import ConfigError
 
 T = TypeVar("T")
+LINE_BREAK = re.compile("[\r\n\0]")  # what no header name or value may hold
 
 
 def suggest(key: str, known: tuple[str, ...]) -> str:
@@ -23,10 +25,35 @@ def suggest(key: str, known: tuple[str, ...]) -> str:
 
 
 class ValueReader:
-    """Checked values of one parsed document, each located by its key path."""
+    """Checked values of one parsed document, each located by its key path.
+
+    A reader raises at its value's first problem; `part()` records it in `errors` and lets the
+    next part be checked, so one check reports the problems of every key.
+    """
 
     def __init__(self, doc: Doc) -> None:
         self.doc = doc
+        self.errors: list[ConfigError] = []
+        # where a value is a secret (or carries one): an unset variable may stay unset there
+        # for the commands that send nothing (`secrets="placeholder"`)
+        self.secret_paths: set[KeyPath] = set()
+
+    @contextmanager
+    def part(self) -> Iterator[None]:
+        """A part of the document: a problem inside is recorded, and checking goes on after it."""
+        try:
+            yield
+        except ConfigError as exc:
+            self.errors.append(exc)
+
+    def secret(self, path: KeyPath) -> None:
+        """Note that the value at `path` is a secret or carries one."""
+        if self.doc.unset:  # only asked about where a variable is unset (parsing found them all)
+            self.secret_paths.add(path)
+
+    def is_secret(self, path: KeyPath) -> bool:
+        """Whether the value at `path` is (or is inside) a secret."""
+        return any(path[:end] in self.secret_paths for end in range(1, len(path) + 1))
 
     def err(self, path: KeyPath, problem: str, *, at_key: bool = False) -> ConfigError:
         """A ConfigError at `path` (at its key's line with `at_key`)."""
@@ -46,14 +73,14 @@ class ValueReader:
         return default if raw.get(key) is None else read(raw[key], (*path, key))
 
     def mapping(self, value: Any, path: KeyPath, known: tuple[str, ...] = ()) -> dict[str, Any]:
-        """A mapping (null: empty) whose keys, when `known` is given, are all known."""
+        """A mapping (null: empty); with `known`, each unknown key is recorded as a problem."""
         if value is None:
             return {}
         if not isinstance(value, dict):
             raise self.err(path, "must be a mapping")
         for key in value if known else ():
             if key not in known:
-                raise self.err((*path, key), suggest(key, known), at_key=True)
+                self.errors.append(self.err((*path, key), suggest(key, known), at_key=True))
         return value
 
     def duration(self, value: Any, path: KeyPath, *, positive: bool = True) -> float:
@@ -98,17 +125,29 @@ class ValueReader:
 
     def secrets(self, value: Any, path: KeyPath) -> tuple[str, ...]:
         """One whsec_ secret or a list of them (rotation); never quoted in an error."""
-        return tuple(self.parsed(parse_secret, item, at) for item, at in self.strings(value, path))
+        self.secret(path)
+        unset = self.doc.holds_unset  # left unset: nothing to check, and it is never sent
+        return tuple(
+            item if unset(at) else self.parsed(parse_secret, item, at)
+            for item, at in self.strings(value, path)
+        )
 
     def headers(self, value: Any, path: KeyPath) -> dict[str, str]:
         """HTTP headers; values are often credentials, so problems are described, never quoted."""
+        self.secret(path)
+        if isinstance(value, str) and self.doc.holds_unset(path):
+            return {}  # all of them an unset variable (allowed only where nothing is sent)
         headers: dict[str, str] = {}
         for key, item in self.mapping(value, path).items():
             if isinstance(item, int | float) and not isinstance(item, bool):
                 item = str(item)
             if not isinstance(item, str):
                 raise self.err((*path, key), "must be a string")
-            if any(c in key + item for c in "\r\n\0") or not key.strip():
+            bad = not key.strip() or LINE_BREAK.search(key) is not None
+            # an unset variable's placeholder holds line breaks on purpose: it is never sent
+            if LINE_BREAK.search(item) and not self.doc.holds_unset((*path, key)):
+                bad = True
+            if bad:
                 raise self.err((*path, key), "a header name or value cannot hold line breaks")
             headers[key] = item
         return headers

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TextIO
 
 from bridge.config import WebhookSpec
-from bridge.delivery.worker import Observer, WebhookWorker
+from bridge.delivery.worker import Failure, Observer, WebhookWorker
 from bridge.http import HttpClient
 from bridge.state import Outbox
 
@@ -51,9 +51,11 @@ class Dispatcher:
             if worker is not None:
                 worker.wake()
 
-    async def deliver_due(self) -> None:
-        """Attempt every due delivery once, on every webhook at the same time (`bridge once`)."""
-        await asyncio.gather(*(w.drain() for w in self.workers.values()))
+    async def deliver_due(self) -> list[Failure]:
+        """Attempt every due delivery once, on every webhook at the same time (`bridge once`);
+        returns the attempts that did not succeed."""
+        drained = await asyncio.gather(*(w.drain() for w in self.workers.values()))
+        return [failure for failures in drained for failure in failures]
 
     def start(self) -> None:
         """Start every webhook's delivery loop."""

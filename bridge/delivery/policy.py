@@ -10,7 +10,7 @@ from bridge.config import WebhookSpec
 from bridge.http.headers import parse_retry_after
 from bridge.model import DeliveryStatus
 
-# Longest Retry-After we obey; beyond it the receiver is misconfigured and the schedule decides.
+# Longest Retry-After we obey; a longer one is cut to this (the receiver is misconfigured).
 MAX_RETRY_AFTER = 7 * 86400.0
 
 
@@ -34,7 +34,8 @@ def decide(
     error: str | None = None,
     rng: random.Random | None = None,
 ) -> Outcome:
-    """The retry policy: 2xx delivered; 410 dead; else retry per schedule, honouring Retry-After."""
+    """The retry policy: 2xx delivered; 410 dead; else retry per schedule, which a 429's or 503's
+    Retry-After may lengthen but never shorten."""
     if http_status is not None and 200 <= http_status < 300:
         return Outcome("delivered", http_status, None)
     if error is None:
@@ -47,6 +48,7 @@ def decide(
     delay = spec.retry[attempt - 1] * (rng or random).uniform(0.8, 1.2)
     if http_status in (429, 503) and headers is not None:
         after = parse_retry_after(headers.get("retry-after"), now)
+        # A Retry-After of 0 or a date in the past must not spend the whole schedule at once.
         if after is not None:
-            delay = min(after, MAX_RETRY_AFTER)
+            delay = max(delay, min(after, MAX_RETRY_AFTER))
     return Outcome("pending", http_status, error, now + delay)

@@ -9,7 +9,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TextIO
 
 from bridge.config import WebhookSpec
 from bridge.delivery.policy import Outcome, decide
@@ -19,15 +20,32 @@ from bridge.http import HttpClient
 from bridge.model import Delivery, Finished
 from bridge.state import Outbox
 
+if TYPE_CHECKING:  # bridge.templates imports Jinja2, which most webhooks never need
+    from bridge.templates import Renderer
+
 log = logging.getLogger("bridge.deliver")
 
 # A lease outlives the request timeout by this much; after a crash the delivery is retried then.
-LEASE_MARGIN = 5.0
+# The margin covers what comes after the answer: the attempt is recorded with the next claim, a
+# write that may wait out the state file's busy timeout (5 s) behind another process. A lease
+# that ran out first would let another process send a delivered event again (README: 30 s).
+LEASE_MARGIN = 30.0
 # How often an idle worker looks for deliveries queued by another process (`bridge replay`).
 IDLE_RECHECK = 2.0
 
 
 Observer = Callable[[str, str], None]  # (webhook, result) for metrics
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An attempt of a `drain` that did not succeed: the delivery stays pending, or is dead."""
+
+    webhook: str
+    event_id: str
+    status: Literal["pending", "dead"]
+    error: str | None
+    next_attempt_at: float | None
 
 
 class WebhookWorker:
@@ -42,6 +60,7 @@ class WebhookWorker:
         out: TextIO | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
+        renderer: Renderer | None = None,
     ):
         self.spec = spec
         self.outbox = outbox
@@ -49,12 +68,23 @@ class WebhookWorker:
         self.out = out or sys.stdout
         self.observer = observer
         self.clock = clock
+        self.renderer = renderer
+        if spec.body is not None and renderer is None:
+            from bridge.templates import shared_renderer
+
+            self.renderer = shared_renderer()
+        if self.renderer is not None:
+            self.renderer.start()  # warm worker processes before the first delivery
+        # One rendering of this webhook at a time: a runaway template holds one of the
+        # renderer's processes, never all of them, so other webhooks' bodies still render.
+        self._render_lock = asyncio.Lock()
         self._inflight: set[asyncio.Task[None]] = set()
         # Attempts done but not yet recorded: written with the next claim, in its transaction.
         # Until then a delivery is still pending in the file, so a crash sends it again.
         self._finished: list[Finished] = []
         self._wake = asyncio.Event()
         self._stopping = False
+        self._failures: list[Failure] | None = None  # collected while draining
 
     def wake(self) -> None:
         """New deliveries may be due: look now."""
@@ -105,36 +135,37 @@ class WebhookWorker:
             log.error("delivery task failed: %s", task.exception())
         self._wake.set()
 
-    async def _attempt(self, delivery: Delivery) -> None:
+    async def _send(self, delivery: Delivery, started: float) -> Outcome:
+        """One attempt: render the body if templated, POST it, and what the answer leads to."""
         spec = self.spec
-        started = self.clock()
-        if spec.body is not None:
-            # Imported here: Jinja2 costs `bridge once` start-up time, and most webhooks need none.
-            from bridge.templates import render_body
+        body = delivery.body
+        if spec.body is not None and self.renderer is not None:
+            from bridge.templates import TemplateError
 
-            body = render_body(spec.body, delivery.body)
-        else:
-            body = delivery.body
+            try:
+                async with self._render_lock:
+                    body = await self.renderer.render_body(spec.body, delivery.body)
+            except TemplateError as exc:  # a failed attempt like any other: the schedule applies
+                return decide(
+                    spec, delivery.attempts, self.clock(), http_status=None, error=str(exc)
+                )
         if spec.url == "-":
             self.out.write(body.decode() + "\n")
             self.out.flush()
-            outcome = Outcome("delivered", None, None)
-        else:
-            headers = request_headers(spec, delivery.event_id, body, started)
-            try:
-                resp = await self.http.post(spec.url, body, headers, timeout=spec.timeout)
-            except DeliveryError as exc:
-                outcome = decide(
-                    spec, delivery.attempts, self.clock(), http_status=None, error=str(exc)
-                )
-            else:
-                outcome = decide(
-                    spec,
-                    delivery.attempts,
-                    self.clock(),
-                    http_status=resp.status,
-                    headers=resp.headers,
-                )
+            return Outcome("delivered", None, None)
+        headers = request_headers(spec, delivery.event_id, body, started)
+        try:
+            resp = await self.http.post(spec.url, body, headers, timeout=spec.timeout)
+        except DeliveryError as exc:
+            return decide(spec, delivery.attempts, self.clock(), http_status=None, error=str(exc))
+        return decide(
+            spec, delivery.attempts, self.clock(), http_status=resp.status, headers=resp.headers
+        )
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        spec = self.spec
+        started = self.clock()
+        outcome = await self._send(delivery, started)
         finished = self.clock()
         self._finished.append(
             Finished(
@@ -149,23 +180,40 @@ class WebhookWorker:
         )
         if self.observer:
             self.observer(spec.name, outcome.status)
+        fields = {"webhook": spec.name, "event_id": delivery.event_id, "error": outcome.error}
         if outcome.status == "delivered":
-            log.debug("delivered %s to %s", delivery.event_id, spec.name)
-        elif outcome.status == "dead":
+            log.debug("delivered %s to %s", delivery.event_id, spec.name, extra=fields)
+            return
+        if self._failures is not None:
+            self._failures.append(
+                Failure(
+                    spec.name,
+                    delivery.event_id,
+                    outcome.status,
+                    outcome.error,
+                    outcome.next_attempt_at,
+                )
+            )
+        if outcome.status == "dead":
             log.warning(
                 "delivery of %s to %s is dead after %d attempts: %s",
                 delivery.event_id,
                 spec.name,
                 delivery.attempts + 1,
                 outcome.error,
+                extra=fields,
             )
         else:
-            log.info(
+            # A retry is routine for the daemon; for `bridge once` (draining) it is a failure of
+            # the run, which exits 1 and must say why even under -q.
+            log.log(
+                logging.WARNING if self._failures is not None else logging.INFO,
                 "delivery of %s to %s failed (%s); retry in %.0fs",
                 delivery.event_id,
                 spec.name,
                 outcome.error,
                 (outcome.next_attempt_at or finished) - finished,
+                extra=fields,
             )
 
     def _sleep_time(self) -> float:
@@ -191,16 +239,22 @@ class WebhookWorker:
             except TimeoutError:
                 pass
 
-    async def drain(self) -> None:
-        """Attempt every delivery that is due now once, then return (for `bridge once`)."""
-        while True:
-            self._wake.clear()
-            started = self._fill()
-            if not self._inflight:
-                self.flush()
-                return
-            if started == 0:
-                await self._wake.wait()
+    async def drain(self) -> list[Failure]:
+        """Attempt every delivery that is due now once, then return the attempts that did not
+        succeed (for `bridge once`)."""
+        failures: list[Failure] = []
+        self._failures = failures
+        try:
+            while True:
+                self._wake.clear()
+                started = self._fill()
+                if not self._inflight:
+                    self.flush()
+                    return failures
+                if started == 0:
+                    await self._wake.wait()
+        finally:
+            self._failures = None
 
     def abort(self) -> None:
         """Cancel in-flight attempts now (a second stop signal); their leases keep them queued."""

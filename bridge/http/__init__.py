@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
-from bridge.http.client import HttpClient, Response, host_key, parse_retry_after
+from bridge.http.client import MAX_HOST_WAIT, HttpClient, Response, host_key, parse_retry_after
+from bridge.http.text import display, until
 
-__all__ = ["HttpClient", "Response", "host_key", "parse_retry_after"]
+__all__ = [
+    "MAX_HOST_WAIT",
+    "HttpClient",
+    "Response",
+    "display",
+    "host_key",
+    "parse_retry_after",
+    "until",
+]

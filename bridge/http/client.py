@@ -1,17 +1,15 @@
 """The one HTTP client: sessions, conditional requests, Link pages, rate limits, our exceptions.
 
-What the headers say is read by bridge/headers.py; its functions are offered here too, since
-sources import only this module. How failures read in messages is bridge/httptext.py's.
+What the headers say is read by headers.py; its functions are offered here too, since sources
+import only this module. How failures read in messages is text.py's; redirects are followed by
+hand (outgoing.py), so that no header of the caller's follows one to another origin.
 """
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from http import HTTPStatus
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -19,66 +17,44 @@ import yarl
 
 import bridge
 from bridge.errors import DeliveryError, SourceError
+from bridge.http.answers import (
+    Pages,
+    Response,
+    has_plain_body,
+    read_answer,
+    read_limited,
+    response_of,
+)
 from bridge.http.gate import Gate
-from bridge.http.headers import parse_link_header, rate_limit_wait
+from bridge.http.headers import MAX_HOST_WAIT as MAX_HOST_WAIT  # for sources (see above)
 from bridge.http.headers import parse_retry_after as parse_retry_after  # for sources (see above)
-from bridge.http.text import describe, display, origin, too_big
+from bridge.http.headers import rate_limit_wait
+from bridge.http.outgoing import (
+    MAX_REDIRECTS,
+    REDIRECTS,
+    RedirectError,
+    kept_headers,
+    next_hop,
+    origin_of,
+    url_login,
+    with_auth,
+    with_login,
+    with_validators,
+)
+from bridge.http.text import describe, display, origin, scrub, too_big, until
 
-_NO_LINKS: Mapping[str, str] = MappingProxyType({})
+__all__ = ["HttpClient", "Pages", "Response", "host_key", "parse_retry_after"]
+
 _DEFAULT_MAX_BYTES = 10 * 1024 * 1024
-_ANSWER_BYTES = 64 * 1024  # a webhook receiver's answer is only kept for diagnostics
-_NO_BODY_STATUSES = frozenset({204, 304})
 # Parsed URLs kept: one per polled URL. Paging cursors can make URLs without end; past this many,
 # new ones are parsed on each use instead.
 _TARGETS_KEPT = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
-    """A fully read HTTP response."""
-
-    status: int
-    url: str
-    headers: Mapping[str, str]
-    body: bytes
-    links: Mapping[str, str]
-    elapsed: float
-
-    @property
-    def ok(self) -> bool:
-        """True for a 2xx status."""
-        return 200 <= self.status < 300
-
-    def check(self) -> Response:
-        """Return self for a 2xx or 304; raise SourceError (with any rate-limit wait) otherwise."""
-        if 200 <= self.status < 300 or self.status == 304:
-            return self
-        try:
-            reason = HTTPStatus(self.status).phrase
-        except ValueError:
-            reason = ""
-        status = f"{self.status} {reason}" if reason else str(self.status)
-        raise SourceError(
-            f"HTTP {status} from {display(self.url)}",
-            retry_after=rate_limit_wait(self.status, self.headers),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Pages:
-    """The outcome of a conditional, possibly paginated fetch."""
-
-    not_modified: bool
-    bodies: list[bytes]
-    complete: bool
-    etag: str | None
-    last_modified: str | None
-    first: Response
-
-
 def host_key(url: str) -> str:
-    """What per-host limits and rate-limit blocks go by: the URL's `host:port` (its netloc)."""
-    return urlsplit(url).netloc
+    """What per-host limits and rate-limit blocks go by: the URL's `host:port` (its netloc
+    without any user:password@, which must not reach messages or the state file)."""
+    return urlsplit(url).netloc.rpartition("@")[2]
 
 
 class HttpClient:
@@ -96,7 +72,7 @@ class HttpClient:
         self._new_blocks: dict[str, float] = {}  # not yet written to the state file
         self._slots: dict[str, Gate] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
-        self._targets: dict[str, tuple[yarl.URL | str, str]] = {}
+        self._targets: dict[str, tuple[yarl.URL | str, str, str | None]] = {}
 
     async def __aenter__(self) -> HttpClient:
         return self
@@ -128,7 +104,8 @@ class HttpClient:
         return None
 
     def block(self, host: str, until: float, *, new: bool = True) -> None:
-        """Keep off `host` (netloc) until the time.time() `until`; a later block set before wins.
+        """Keep off `host` (netloc) until the time.time() `until`, at most MAX_HOST_WAIT from
+        now (a block read back from an older state file too); a later block set before wins.
 
         A source with its own limits (GitHub's, per token) may keep a wait here under a key that
         is no netloc: no request checks it, but it is written and read back like a host's.
@@ -136,6 +113,7 @@ class HttpClient:
         A new block is also kept for `take_new_blocks` (the engine writes it to the state file,
         so that the next `bridge once` keeps off too); `new=False` restores one read from there.
         """
+        until = min(until, time.time() + MAX_HOST_WAIT)  # NaN compares false: never kept
         if until > self._blocked.get(host, 0.0):
             self._blocked[host] = until
             if new:
@@ -167,7 +145,7 @@ class HttpClient:
         `block_host=False` is for callers that keep their own rate-limit accounting (GitHub's
         limits are per token): a limited answer then does not close the host to everyone.
         """
-        sent = _with_validators(_with_auth(headers, auth), etag, last_modified)
+        sent = with_validators(with_auth(headers, auth), etag, last_modified)
         return await self._send(
             method,
             url,
@@ -199,7 +177,7 @@ class HttpClient:
     ) -> Pages:
         """Fetch conditionally, then follow rel="next" links up to `max_pages` pages in total."""
         # request()'s work, inline: one coroutine less on every poll's path.
-        sent = _with_validators(_with_auth(headers, auth), etag, last_modified)
+        sent = with_validators(with_auth(headers, auth), etag, last_modified)
         first = await self._send(
             method, url, sent, params, data, timeout, max_bytes, max_bytes, follow_redirects
         )
@@ -216,11 +194,17 @@ class HttpClient:
         bodies = [first.body]
         budget = max_bytes - len(first.body)
         page = first
-        plain = _with_auth(headers, auth)
-        origin = urlsplit(url)[:2] if "next" in first.links else None  # split once, if paging
+        plain: Mapping[str, str] | None = None
+        home = None
+        if "next" in first.links:  # worked out once, if paging
+            target, _, login = self._target(url)
+            home = origin_of(target) if isinstance(target, yarl.URL) else None
+            plain = with_login(with_auth(headers, auth), login)
         while (next_url := page.links.get("next")) is not None and len(bodies) < max_pages:
-            # Credentials go only where the caller sent them, as aiohttp does on redirects.
-            sent = plain if urlsplit(next_url)[:2] == origin else None
+            # Credentials go only where the caller sent them, as on redirects.
+            next_target = self._target(next_url)[0]
+            same = isinstance(next_target, yarl.URL) and origin_of(next_target) == home
+            sent = plain if same else None
             page = await self._send(
                 "GET", next_url, sent, None, None, timeout, budget, max_bytes, follow_redirects
             )
@@ -252,8 +236,8 @@ class HttpClient:
                 timeout=self._timeout(timeout),
                 allow_redirects=False,
             ) as resp:
-                answer = await _read_answer(resp.content)
-                return _response(resp, answer, time.perf_counter() - started)
+                answer = await read_answer(resp.content)
+                return response_of(resp, answer, time.perf_counter() - started)
         except TimeoutError as exc:
             raise DeliveryError(f"POST {origin(url)}: timed out after {timeout:g}s") from exc
         except (aiohttp.ClientError, ValueError) as exc:
@@ -274,14 +258,15 @@ class HttpClient:
     ) -> Response:
         if self._closed:
             raise SourceError(f"{method} {display(url)}: the HTTP client is closed")
-        target, host = self._target(url)
-        if (until := self.blocked_until(host)) is not None:
-            wait = until - time.time()
-            clock = time.strftime("%H:%M:%S", time.gmtime(until))
-            raise SourceError(
-                f"rate limited by {host}: waiting until {clock} UTC ({wait:.0f}s from now)",
-                retry_after=max(0.0, wait),
-            )
+        target, host, login = self._target(url)
+        self._check_block(host)
+        if login is not None:
+            if headers and any(name.lower() == "authorization" for name in headers):
+                raise SourceError(
+                    f"{method} {display(url)}: credentials in the URL and an Authorization "
+                    "header (auth:) cannot be combined"
+                )
+            headers = with_login(headers, login)
         session = self._poll or self._open_poll()
         slot = self._slots.get(host) or self._slots.setdefault(host, Gate(self._per_host))
         # Our own per-host slot, taken before the clock starts: waiting behind other polls of a
@@ -289,43 +274,114 @@ class HttpClient:
         async with slot:
             started = time.perf_counter()
             try:
-                async with session.request(
+                response, answered = await self._exchange(
+                    session,
                     method,
                     target,
-                    params=params or None,
-                    data=data,
-                    headers=headers,
-                    timeout=self._timeout(timeout),
-                    allow_redirects=follow_redirects,
-                ) as resp:
-                    # Content-Length spares reading a body we would refuse, unless it is the
-                    # compressed length or describes a body that HEAD, 204 and 304 never have.
-                    length = resp.content_length
-                    if length is not None and length > budget and _has_plain_body(method, resp):
-                        raise too_big(url, budget, max_bytes)
-                    body = await _read_limited(resp.content, budget)
-                    if body is None:
-                        raise too_big(url, budget, max_bytes)
-                    response = _response(resp, body, time.perf_counter() - started)
+                    host,
+                    headers,
+                    params,
+                    data,
+                    timeout,
+                    started,
+                    (url, budget, max_bytes, follow_redirects),
+                )
             except TimeoutError as exc:
                 raise SourceError(f"{method} {display(url)}: timed out after {timeout:g}s") from exc
+            except RedirectError as exc:
+                raise SourceError(f"{method} {display(url)}: {exc}") from exc
             except (aiohttp.ClientError, ValueError) as exc:
-                raise SourceError(f"{method} {display(url)}: {describe(exc)}") from exc
+                detail = scrub(describe(exc), url)
+                raise SourceError(f"{method} {display(url)}: {detail}") from exc
         now = time.time()
         pause = rate_limit_wait(response.status, response.headers, now) if block_host else None
         if pause is not None:
-            self.block(host, now + pause)
+            self.block(answered, now + pause)  # the host that asked, wherever a redirect led
         return response
 
-    def _target(self, url: str) -> tuple[yarl.URL | str, str]:
-        # (the URL as aiohttp takes it, its host key): each URL is parsed once, since a steady
-        # daemon polls the same URLs all day.
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        target: yarl.URL | str,
+        host: str,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        data: bytes | str | None,
+        timeout: float,
+        started: float,
+        limits: tuple[str, int, int, bool],
+    ) -> tuple[Response, str]:
+        """The answer to a request, redirects followed; and the host key of who answered.
+
+        `limits`: the URL as the caller gave it (for messages), the byte budget of this answer,
+        max_bytes, and whether to follow redirects.
+        """
+        url, budget, max_bytes, follow_redirects = limits
+        client_timeout = self._timeout(timeout)
+        first = target
+        home: tuple[str, str | None, int | None] | None = None
+        hops = 0
+        while True:
+            async with session.request(
+                method,
+                target,
+                params=params or None,
+                data=data,
+                headers=headers,
+                timeout=client_timeout,
+                allow_redirects=False,
+            ) as resp:
+                location = resp.headers.get("Location") if resp.status in REDIRECTS else None
+                if location is None or not follow_redirects:
+                    # Content-Length spares reading a body we would refuse, unless it is the
+                    # compressed length or describes a body that HEAD, 204 and 304 never have.
+                    length = resp.content_length
+                    if length is not None and length > budget and has_plain_body(method, resp):
+                        raise too_big(url, budget, max_bytes)
+                    body = await read_limited(resp.content, budget)
+                    if body is None:
+                        raise too_big(url, budget, max_bytes)
+                    response = response_of(resp, body, time.perf_counter() - started)
+                    return response, host
+                here = resp.url
+            hops += 1
+            if hops >= MAX_REDIRECTS:
+                raise RedirectError(f"too many redirects ({hops})")
+            method, target, data = next_hop(method, here, data, resp.status, location)
+            params = None  # they are in the URL that was redirected
+            if hops == 1 and isinstance(first, yarl.URL):
+                home = origin_of(first)
+            if headers is not None and origin_of(target) != home:
+                # Gone for good: a later hop back to the first origin gets none either.
+                headers = kept_headers(headers, data)
+            host = host_key(str(target))
+            self._check_block(host)
+            left = timeout - (time.perf_counter() - started)
+            if left <= 0:
+                raise TimeoutError
+            client_timeout = aiohttp.ClientTimeout(total=left)
+
+    def _check_block(self, host: str) -> None:
+        """Raise SourceError while `host` is rate limited."""
+        if (until_ts := self.blocked_until(host)) is not None:
+            wait = until_ts - time.time()
+            raise SourceError(
+                f"rate limited by {host}: waiting until {until(until_ts)} ({wait:.0f}s from now)",
+                retry_after=max(0.0, wait),
+            )
+
+    def _target(self, url: str) -> tuple[yarl.URL | str, str, str | None]:
+        # (the URL as aiohttp takes it, without user:password@; its host key; those credentials
+        # as an Authorization value): each URL is parsed once, since a steady daemon polls the
+        # same URLs all day.
         hit = self._targets.get(url)
         if hit is None:
             try:
-                hit = (yarl.URL(url), host_key(url))
+                target, login = url_login(yarl.URL(url))
             except ValueError:
-                return url, host_key(url)  # aiohttp then names the problem, as before
+                return url, host_key(url), None  # aiohttp then names the problem, as before
+            hit = (target, host_key(url), login)
             if len(self._targets) < _TARGETS_KEPT:
                 self._targets[url] = hit
         return hit
@@ -356,69 +412,3 @@ class HttpClient:
             # No cookies: sources sharing a host must not see each other's sessions.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-
-
-def _with_auth(
-    headers: Mapping[str, str] | None, auth: tuple[str, str] | None
-) -> Mapping[str, str] | None:
-    if auth is None:
-        return headers
-    merged = dict(headers) if headers else {}
-    # Built here rather than with aiohttp's auth=, which 3.14 deprecates with a warning.
-    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
-    merged["Authorization"] = f"Basic {token}"
-    return merged
-
-
-def _with_validators(
-    headers: Mapping[str, str] | None, etag: str | None, last_modified: str | None
-) -> Mapping[str, str] | None:
-    if etag is None and last_modified is None:
-        return headers
-    merged = dict(headers) if headers else {}
-    if etag is not None:
-        merged["If-None-Match"] = etag
-    if last_modified is not None:
-        merged["If-Modified-Since"] = last_modified
-    return merged
-
-
-def _has_plain_body(method: str, resp: aiohttp.ClientResponse) -> bool:
-    return (
-        method != "HEAD"
-        and resp.status not in _NO_BODY_STATUSES
-        and "Content-Encoding" not in resp.headers
-    )
-
-
-def _response(resp: aiohttp.ClientResponse, body: bytes, elapsed: float) -> Response:
-    url = str(resp.url)
-    headers = resp.headers
-    # RFC 8288 lets a server split its links over several Link fields.
-    links = parse_link_header(", ".join(headers.getall("Link")), url) if "Link" in headers else None
-    return Response(resp.status, url, headers, body, links or _NO_LINKS, elapsed)
-
-
-async def _read_limited(content: aiohttp.StreamReader, limit: int) -> bytes | None:
-    """The body, or None as soon as it is over `limit` bytes (decompressed)."""
-    chunks = []
-    size = 0
-    while chunk := await content.readany():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _read_answer(content: aiohttp.StreamReader) -> bytes:
-    """Up to 64 KiB of a receiver's answer; a broken answer body does not undo its status."""
-    chunks = []
-    size = 0
-    try:
-        while size < _ANSWER_BYTES and (chunk := await content.read(_ANSWER_BYTES - size)):
-            size += len(chunk)
-            chunks.append(chunk)
-    except aiohttp.ClientPayloadError:
-        pass
-    return b"".join(chunks)

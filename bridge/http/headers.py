@@ -1,10 +1,12 @@
 """What an HTTP answer's headers ask of us: Retry-After, Link pages, rate limits.
 
-Functions of header values alone; bridge/http.py applies them (sources import them from there).
+Functions of header values alone; bridge/http/client.py applies them (sources import them from
+there). Whatever a header says, they return None or a finite, non-negative number of seconds.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -13,6 +15,10 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin
 
 _DEFAULT_RATE_WAIT = 60.0
+# The longest a polled host may keep us off (README: Rate limits). A host's Retry-After of
+# 999999999 (31 years) or 1e300 must not stop a source for good: after an hour it is asked again,
+# and a host still limiting then answers 429 again, which costs one request an hour.
+MAX_HOST_WAIT = 3600.0
 # Below this, an x-ratelimit-reset is a delta in seconds (some APIs), not a unix time (GitHub).
 _EPOCH_FLOOR = 1_000_000_000
 
@@ -34,14 +40,16 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         pass
     else:
         # float() also takes "nan", "inf" and "-5", none of which is a delay a server can mean
-        return seconds if 0 <= seconds < float("inf") else None
+        return seconds if 0 <= seconds < math.inf else None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" dates come back naive; HTTP dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+        if when.tzinfo is None:  # "-0000" dates come back naive; HTTP dates are always GMT
+            when = when.replace(tzinfo=UTC)
+        at = when.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
+        return None  # not a date, or one (year 0, year 99999) that no clock holds
+    wait = at - (time.time() if now is None else now)
+    return max(0.0, wait) if math.isfinite(wait) else None
 
 
 def parse_link_header(value: str | None, base_url: str) -> dict[str, str]:
@@ -67,10 +75,16 @@ def parse_link_header(value: str | None, base_url: str) -> dict[str, str]:
 def rate_limit_wait(
     status: int, headers: Mapping[str, str], now: float | None = None
 ) -> float | None:
-    """Seconds to keep off the host after this response, or None when it is not rate limited."""
+    """Seconds to keep off the host after this response (at most MAX_HOST_WAIT), or None when
+    it is not rate limited."""
     # Checked first: this runs on every response and almost every status is none of these.
     if status != 429 and status != 403 and status != 503:
         return None
+    wait = _asked_wait(status, headers, now)
+    return None if wait is None else min(wait, MAX_HOST_WAIT)
+
+
+def _asked_wait(status: int, headers: Mapping[str, str], now: float | None) -> float | None:
     retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
     if status == 503:
         return retry_after
@@ -84,6 +98,8 @@ def rate_limit_wait(
         try:
             value = float(reset)
         except ValueError:
+            value = -1.0
+        if not math.isfinite(value):
             value = -1.0
         if value >= _EPOCH_FLOOR:
             return max(0.0, value - (time.time() if now is None else now))

@@ -4,12 +4,22 @@ and URLs without the secrets they may carry."""
 from __future__ import annotations
 
 import errno
+import math
+import re
 import socket
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import yarl
 
 from bridge.errors import SourceError
+
+# aiohttp's words for a body its decoder refused: "Can not decode content-encoding: gzip".
+_UNDECODABLE = re.compile(r"can ?not decode content-encoding: ?([A-Za-z0-9_.-]+)", re.IGNORECASE)
+# Content codings bridge asks for (aiohttp's Accept-Encoding without brotli or zstd installed).
+_ASKED_CODINGS = frozenset({"gzip", "deflate"})
+_DAY = 86400.0
 
 
 def too_big(url: str, budget: int, max_bytes: int) -> SourceError:
@@ -42,6 +52,13 @@ def describe(exc: BaseException) -> str:
         return "not an http:// or https:// URL"
     if isinstance(exc, aiohttp.InvalidURL):
         return "invalid URL"
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError) and (
+        coding := _undecodable(exc)
+    ):
+        # aiohttp says "400, message: Can not decode ...": a status nobody sent.
+        if coding in _ASKED_CODINGS:
+            return f"answer claims {coding} encoding but is not {coding}"
+        return f"answer has a {coding} content-encoding, which was not asked for"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return f"broken response body ({one_line(exc)})"
     if isinstance(exc, aiohttp.ClientResponseError):
@@ -49,6 +66,16 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ValueError):
         return f"invalid request: {one_line(exc)}"
     return one_line(exc) or type(exc).__name__
+
+
+def _undecodable(exc: aiohttp.ClientError) -> str | None:
+    # The content coding of a body aiohttp could not decode, or None for any other failure.
+    text = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+    match = _UNDECODABLE.search(one_line(text))
+    if match is None:
+        return None
+    coding = match.group(1).lower()
+    return "br" if coding == "brotli" else "zstd" if coding == "zstandard" else coding
 
 
 def one_line(value: object) -> str:
@@ -61,6 +88,32 @@ def display(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=netloc, query="…" if parts.query else ""))
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` with every copy of `url` (as given, and as aiohttp spells it) in display form."""
+    if url not in text:
+        try:
+            spelled = str(yarl.URL(url))
+        except ValueError:
+            return text
+        if spelled == url or spelled not in text:
+            return text
+        return text.replace(spelled, display(url))
+    return text.replace(url, display(url))
+
+
+def until(ts: float, now: float | None = None) -> str:
+    """When a wait ends, for messages: the UTC time of day, with the date when over a day away."""
+    now = time.time() if now is None else now
+    try:
+        moment = time.gmtime(ts)
+    except (OverflowError, OSError, ValueError):
+        return "a time too far away to print"
+    clock = time.strftime("%H:%M:%S", moment)
+    if math.isfinite(ts - now) and abs(ts - now) < _DAY:
+        return f"{clock} UTC"
+    return f"{time.strftime('%Y-%m-%d', moment)} {clock} UTC"
 
 
 def origin(url: str) -> str:

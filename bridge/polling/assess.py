@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
 import uuid
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from bridge.model import NewEvent, PollCommit, SourceRow
-from bridge.polling import diff
+from bridge.model import FetchState, NewEvent, PollCommit, SourceRow
+from bridge.polling import diff, keys
 from bridge.sources.base import Fetched, Source
 from bridge.state import Snapshots
+
+log = logging.getLogger("bridge.polling.assess")
 
 
 def iso(ts: float) -> str:
@@ -26,16 +33,45 @@ def new_event_id() -> str:
 
 def event(source: Source, type_: str, data: dict[str, Any], now: float) -> NewEvent:
     """One event of `source`, its body as receivers get it, bound for the source's webhooks."""
-    body = orjson.dumps({"type": type_, "timestamp": iso(now), "data": data})
+    envelope = {"type": type_, "timestamp": iso(now), "data": data}
+    try:
+        body = orjson.dumps(envelope)
+    except orjson.JSONEncodeError:  # an integer past 64 bits, in a key or an item
+        body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    key = data.get("key")
     return NewEvent(
         id=new_event_id(),
         source=source.name,
         type=type_,
-        key=data.get("key"),
+        key=key if key is None or isinstance(key, str) else keys.key_text(key),
         created_at=now,
         body=body,
         webhooks=source.spec.webhooks,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _fingerprint(model: tuple[str | None, ...]) -> str:
+    return diff.content_hash(list(model))
+
+
+def item_model(source: Source) -> str:
+    """The fingerprint of how `source` selects and keys its items (Source.item_model)."""
+    return _fingerprint(source.item_model)
+
+
+def remodelled(source: Source, row: SourceRow) -> bool:
+    """Whether `row` was last polled under another item model than `source` has now (a row
+    from before fingerprints were kept, NULL, takes the current model)."""
+    return row.baselined and row.item_model is not None and row.item_model != item_model(source)
+
+
+def fetch_state(source: Source, row: SourceRow) -> FetchState:
+    """What to fetch `source` with: the row's validators, or none when its item model changed,
+    so the answer is read (not a 304, not the same body skipped) and a new baseline recorded."""
+    if not remodelled(source, row):
+        return row.fetch_state
+    return replace(row.fetch_state, etag=None, last_modified=None, body_hash=None)
 
 
 def failed(source: Source, row: SourceRow, error: str, now: float) -> PollCommit:
@@ -84,6 +120,8 @@ def assess(
     """A successful poll: its items compared with the stored snapshot, and what to commit."""
     if fetched.unchanged:
         events = recovered(source, row, now)
+        if row.item_model is None:  # a row from before item models: it takes the current one
+            row.item_model = item_model(source)
         row.fetch_state = fetched.state
         row.last_poll_at = now
         row.last_result = "unchanged"
@@ -99,19 +137,26 @@ def assess(
     if source.items_expr is None:
         entries = {"": diff.document_entry(selected, source.ignore)}
     else:
-        entries = diff.index_items(selected, source.key_expr, source.ignore)
+        entries = diff.index_items(
+            selected, source.key_expr, source.ignore, key_by_content=source.key_by_content
+        )
     old = snapshots.item_hashes(source.name)
+    if remodelled(source, row):
+        return rebaseline(source, row, fetched, entries, old, now)
+    row.item_model = item_model(source)
     found = diff.compare(old, entries, complete=fetched.complete)
+    # Keys an earlier version stored under other text (an integer 1 as "1"): moved silently.
+    moved = keys.carried_over(old, entries, found.added) if found.added and old else {}
+    if moved:
+        found = _with_moves(found, old, entries, moved)
     first = not row.baselined
     commit = PollCommit(row=row, result="new" if first else "changed", duration=0.0)
-    commit.upserts = [
-        (k, entries[k].hash, diff.canonical(entries[k].item))
-        for k in (*found.added, *found.changed)
-    ]
-    commit.deletes = list(found.removed)
+    stored = (*found.added, *found.changed, *(k for k in moved if k not in found.changed))
+    commit.upserts = [(k, entries[k].hash, diff.canonical(entries[k].item)) for k in stored]
+    commit.deletes = [*found.removed, *moved.values()]
     commit.events = recovered(source, row, now)
     if not first or source.spec.on_first_poll == "emit":
-        commit.events += change_events(snapshots, source, entries, found, now)
+        commit.events += change_events(snapshots, source, entries, found, now, moved)
     if not first and not (found.added or found.changed or found.removed):
         commit.result = "unchanged"
         commit.history = bool(commit.events)
@@ -124,27 +169,78 @@ def assess(
     return commit
 
 
+def rebaseline(
+    source: Source,
+    row: SourceRow,
+    fetched: Fetched,
+    entries: dict[str, diff.Entry],
+    old: Mapping[str, str],
+    now: float,
+) -> PollCommit:
+    """A poll of a source whose items/key changed since its snapshot was taken (re-added under
+    an old name, say): the new items replace the old ones silently, as a first poll's would.
+    Comparing them would send every old item as removed, under keys of the old model."""
+    log.warning(
+        "source %s: items/key changed since the last poll: recorded a new baseline, no events sent",
+        source.name,
+        extra={"source": source.name},
+    )
+    commit = PollCommit(row=row, result="new", duration=0.0)
+    commit.upserts = [(k, e.hash, diff.canonical(e.item)) for k, e in entries.items()]
+    commit.deletes = [k for k in old if k not in entries]  # a partial answer's too: old model
+    commit.events = recovered(source, row, now)
+    row.item_model = item_model(source)
+    row.fetch_state = fetched.state
+    row.baselined = True
+    row.last_poll_at = now
+    row.last_result = "new"
+    return commit
+
+
+def _with_moves(
+    found: diff.Diff, old: Mapping[str, str], entries: dict[str, diff.Entry], moved: dict[str, str]
+) -> diff.Diff:
+    # The diff with moved keys compared against the item they were stored as.
+    changed_before = set(found.changed)
+    changed = [
+        k
+        for k, entry in entries.items()
+        if k in changed_before or (k in moved and old[moved[k]] != entry.hash)
+    ]
+    gone = set(moved.values())
+    added = [k for k in found.added if k not in moved]
+    return diff.Diff(added, changed, [k for k in found.removed if k not in gone])
+
+
 def change_events(
     snapshots: Snapshots,
     source: Source,
     entries: dict[str, diff.Entry],
     found: diff.Diff,
     now: float,
+    moved: Mapping[str, str] | None = None,
 ) -> list[NewEvent]:
-    """The events of the changes `found`, for the kinds the source is `on`."""
+    """The events of the changes `found`, for the kinds the source is `on`; `moved`: keys whose
+    stored item is under another key (keys.carried_over)."""
     on = source.on
     wanted_before = [
         *(found.changed if "changed" in on else ()),
         *(found.removed if "removed" in on else ()),
     ]
-    before = snapshots.item_contents(source.name, wanted_before) if wanted_before else {}
+    before: dict[str, Any] = {}
+    if wanted_before and moved:
+        stored_as = {moved.get(k, k): k for k in wanted_before}
+        contents = snapshots.item_contents(source.name, list(stored_as))
+        before = {stored_as[k]: v for k, v in contents.items()}
+    elif wanted_before:
+        before = snapshots.item_contents(source.name, wanted_before)
     document = source.items_expr is None
     events = []
 
     def data(key: str, b: Any, a: Any, changes: Any) -> dict[str, Any]:
         return {
             "source": source.name,
-            "key": None if document else key,
+            "key": None if document else keys.key_value(key),
             "before": b,
             "after": a,
             "changes": changes,
@@ -158,6 +254,10 @@ def change_events(
         for key in found.changed:
             b, a = before.get(key), entries[key].item
             changes = diff.json_patch(b, a, source.ignore)
+            if not changes and b is not None:
+                # Only ignored fields differ from the stored item (`ignore:` grew since it was
+                # stored): its new hash is stored, and nothing a receiver could see is sent.
+                continue
             type_ = "document.changed" if document else "item.changed"
             events.append(event(source, type_, data(key, b, a, changes), now))
     if "removed" in on:

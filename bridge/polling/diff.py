@@ -1,10 +1,11 @@
-"""Pure functions: select items, canonical hash, compare snapshots, JSON Patch."""
+"""Pure functions: select items, canonical hash, compare snapshots, JSON Patch.
+
+How keys are stored and read back, and canonical JSON itself, are keys.py's."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -17,11 +18,14 @@ import orjson
 
 from bridge.errors import SourceError
 from bridge.jmespath import OPTIONS, compile_jmespath, one_line
+from bridge.model import MAX_DEPTH
+from bridge.polling.keys import MARKER, canonical, storage_key
 
 __all__ = [
     "Diff",
     "Entry",
     "canonical",
+    "check_depth",
     "compare",
     "compile_expr",
     "content_hash",
@@ -35,6 +39,9 @@ __all__ = [
 # An ignore tree: field name -> the tree below it, or None to drop the whole field.
 _IgnoreTree = dict[str, Any]
 _DROP = object()
+# orjson encodes at most this many levels of nesting. A document wrapped in (this - MAX_DEPTH)
+# lists encodes exactly when it is at most MAX_DEPTH deep: the check costs one encoding in C.
+_ORJSON_DEPTH = 254
 
 
 def compile_expr(expr: str) -> jmespath.parser.ParsedResult:
@@ -56,6 +63,7 @@ def select(pages: list[Any], items_expr: str | None) -> Any:
     if not pages:
         # Treating "nothing fetched" as an empty list would turn into a flood of item.removed.
         raise SourceError("the source returned no pages")
+    check_depth(pages)
     if items_expr is None:
         if len(pages) == 1:
             return pages[0]
@@ -79,14 +87,36 @@ def select(pages: list[Any], items_expr: str | None) -> Any:
     return items
 
 
-def canonical(obj: Any) -> bytes:
-    """The JSON encoding of obj with sorted keys and no whitespace: equal content, equal bytes."""
-    try:
-        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:
-        # orjson refuses integers beyond 64 bits and nesting deeper than 254 levels; both are
-        # valid JSON (the stdlib parser produces them), and a hash must not fail a poll.
-        return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+def check_depth(pages: list[Any]) -> None:
+    """Raise SourceError if a page nests arrays and objects deeper than MAX_DEPTH levels.
+
+    Checked on every answer before anything else reads it, the first poll's as every later
+    one's, so what a baseline accepts no later poll refuses, and a source is never wedged.
+    """
+    for page in pages:
+        wrapped = page
+        for _ in range(_ORJSON_DEPTH - MAX_DEPTH):
+            wrapped = [wrapped]
+        try:
+            orjson.dumps(wrapped)
+            continue
+        except orjson.JSONEncodeError:
+            pass  # too deep, or a value orjson refuses (an integer past 64 bits): measure
+        if _deeper_than(page, MAX_DEPTH):
+            raise SourceError(f"document nested deeper than {MAX_DEPTH} levels")
+
+
+def _deeper_than(doc: Any, limit: int) -> bool:
+    # Without recursion: the document may be nested far past the interpreter's limit.
+    stack = [(doc, 1)] if isinstance(doc, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for value in node.values() if isinstance(node, dict) else node:
+            if isinstance(value, dict | list):
+                stack.append((value, depth + 1))
+    return False
 
 
 def content_hash(obj: Any) -> str:
@@ -207,39 +237,46 @@ def _key_getter(expr: str) -> Callable[[Any], Any]:
 
 
 def index_items(
-    items: list[Any], key_expr: str | None, ignore: tuple[str, ...]
+    items: list[Any],
+    key_expr: str | None,
+    ignore: tuple[str, ...],
+    *,
+    key_by_content: bool = False,
 ) -> dict[str, Entry]:
-    """Key -> Entry for items, in their order; the first of several items with one key wins."""
+    """Stored key (keys.storage_key) -> Entry for items, in their order; the first of several
+    items with one key wins. An item the key expression finds nothing for fails, unless
+    `key_by_content`: then it is keyed by its content hash, as all are without `key_expr`."""
     tree = _ignore_tree(ignore) if ignore else None
     get_key = _key_getter(key_expr) if key_expr is not None else None
     # The hot path for large documents: content_hash inlined, its names bound locally.
     dumps, sort_keys, blake2b = orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.blake2b
     index: dict[str, Entry] = {}
-    key = ""
+    key: str | None = None
     for i, item in enumerate(items):
         if get_key is not None:
             value = get_key(item)
-            if isinstance(value, str):
-                key = value
-            elif type(value) is int:  # bool is an int too, and must become "true"
-                key = str(value)
-            elif value is None:
-                raise SourceError(f"item {i} has no key for {key_expr!r}")
+            if type(value) is str and not value.startswith(MARKER):
+                key = value  # nearly every key: storage_key's first case, inline
+            elif value is not None:
+                key = storage_key(value)  # 1 and "1" stay two items
+            elif key_by_content:
+                key = None
             else:
-                key = canonical(value).decode()
+                raise SourceError(f"item {i} has no key for {key_expr!r}")
             # Pages can overlap while the API changes under paging; the first sighting wins.
-            if key in index:
+            if key is not None and key in index:
                 continue
         compared = item if tree is None else _strip(item, tree)
         try:
             digest = blake2b(dumps(compared, option=sort_keys), digest_size=16).hexdigest()
         except orjson.JSONEncodeError:
             digest = content_hash(compared)
-        if get_key is None:
-            key = digest
-            if key in index:
+        if key is None:
+            if digest in index:
                 continue
-        index[key] = Entry(key, digest, item)
+            index[digest] = Entry(digest, digest, item)
+        else:
+            index[key] = Entry(key, digest, item)
     return index
 
 

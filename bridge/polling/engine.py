@@ -16,7 +16,7 @@ from bridge.config import Config
 from bridge.errors import SourceError
 from bridge.http import HttpClient
 from bridge.model import PollCommit, PollOutcome, SourceRow
-from bridge.polling.assess import assess, failed
+from bridge.polling.assess import assess, failed, fetch_state
 from bridge.sources.base import Fetched, Source
 from bridge.sources.registry import load
 from bridge.state import State, Touched
@@ -59,11 +59,28 @@ class PollResult:
     duration: float
     bodies: list[bytes] = field(default_factory=list)
     error: str | None = None
+    items: int | None = None  # on a first poll: how many items its snapshot holds
 
     @property
     def events(self) -> list[dict[str, Any]]:
         """The events as receivers get them; parsed on demand, since `once` only counts them."""
         return [orjson.loads(body) for body in self.bodies]
+
+
+def _news(before: SourceRow, after: SourceRow) -> bool:
+    """Whether a poll changed what `status` (and an operator) reads of a source: its result,
+    error, failures, alert or baseline; a failed poll always does (its failure count). Such a
+    poll is written at once; one that moved only times and validators waits for the batch, since
+    losing it costs one unconditional fetch and nothing anybody reads."""
+    return (
+        after.last_result != before.last_result
+        or after.failures != before.failures
+        or after.last_error != before.last_error
+        or after.failing_since != before.failing_since
+        or after.alerted != before.alerted
+        or after.baselined != before.baselined
+        or after.last_change_at != before.last_change_at
+    )
 
 
 def make_sources(config: Config) -> dict[str, Source]:
@@ -188,7 +205,11 @@ class Engine:
         lease = self._leases.pop(name, None)
         if lease is None and not dry_run:
             if not self.lease([name]):
-                log.warning("poll of %s skipped: another poll of it is still running", name)
+                log.warning(
+                    "poll of %s skipped: another poll of it is still running",
+                    name,
+                    extra={"source": name},
+                )
                 return PollResult(name, "skipped", 0.0)
             lease = self._leases.pop(name)
         source = self.sources[name]
@@ -196,7 +217,8 @@ class Engine:
         row: SourceRow | None = None  # this poll's own copy, made once something changes
         started = self.clock()
         try:
-            fetched = await source.fetch(self.http, last.fetch_state)
+            # The row's validators, unless its items/key changed: then a new baseline is read.
+            fetched = await source.fetch(self.http, fetch_state(source, last))
             if not dry_run and self._only_times_move(last, fetched):
                 return self._touch(name, started, next_poll_at, lease)
             row = self._own(last, next_poll_at)
@@ -211,13 +233,14 @@ class Engine:
         commit.duration = self.clock() - started
         commit.lease = lease
         if not dry_run:
-            self._record(commit)
+            self._record(commit, last)
         return PollResult(
             name,
             commit.result,
             commit.duration,
             [ev.body for ev in commit.events],
             commit.row.last_error if commit.result == "error" else None,
+            len(commit.upserts) if commit.result == "new" else None,
         )
 
     @staticmethod
@@ -236,6 +259,7 @@ class Engine:
             and not row.failures
             and not row.alerted
             and row.last_error is None
+            and row.item_model is not None  # a row from before item models: written once whole
             and row.name not in self._buffer
         )
 
@@ -253,9 +277,9 @@ class Engine:
         log.debug("poll %s: unchanged", name)
         return PollResult(name, "unchanged", duration)
 
-    def _record(self, commit: PollCommit) -> None:
+    def _record(self, commit: PollCommit, last: SourceRow) -> None:
         name = commit.row.name
-        if commit.events or commit.upserts or commit.deletes:
+        if commit.events or commit.upserts or commit.deletes or _news(last, commit.row):
             self._buffer.pop(name, None)
             self._touched.pop(name, None)
             if self._batching:
@@ -266,8 +290,9 @@ class Engine:
             refused = self.snapshots.commit_polls([commit])
             self._written([commit], refused)
             return
-        # A whole row; one still waiting for this source is in it, since this poll's row was
-        # read from there. (Polls that move only the times never get here: see _touch.)
+        # A whole row whose times and validators moved; one still waiting for this source is in
+        # it, since this poll's row was read from there. (Polls that move only the times never
+        # get here: see _touch.)
         self._touched.pop(name, None)
         self._buffer[name] = commit
         if self._pending() >= FLUSH_EVERY:
@@ -298,12 +323,20 @@ class Engine:
         name = commit.row.name
         if self.metrics is not None:
             self.metrics.poll(name, commit.result, commit.duration, (e.type for e in commit.events))
+        # `at`: the poll's own end, since a batched poll is logged when its batch is written.
+        polled = commit.row.last_poll_at
+        fields: dict[str, Any] = {"source": name}
+        if polled is not None:
+            fields["at"] = polled + commit.duration
         if commit.result == "error":
-            log.warning("poll %s failed: %s", name, commit.row.last_error)
+            fields["error"] = commit.row.last_error
+            log.warning("poll %s failed: %s", name, commit.row.last_error, extra=fields)
         elif commit.events:
-            log.info("poll %s: %s, %d events", name, commit.result, len(commit.events))
+            log.info(
+                "poll %s: %s, %d events", name, commit.result, len(commit.events), extra=fields
+            )
         else:
-            log.debug("poll %s: %s", name, commit.result)
+            log.debug("poll %s: %s", name, commit.result, extra=fields)
 
     def flush(self) -> None:
         """Write buffered polls (no-change ones, and the changed ones `poll_many` holds) and
@@ -335,7 +368,11 @@ class Engine:
         granted = set(queue)
         results = [PollResult(n, "skipped", 0.0) for n in wanted if n not in granted]
         for result in results:
-            log.warning("poll of %s skipped: another process is polling it", result.source)
+            log.warning(
+                "poll of %s skipped: another process is polling it",
+                result.source,
+                extra={"source": result.source},
+            )
         queue.reverse()  # pop() from the end keeps the configured order
 
         async def worker() -> None:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bridge.config.units import cron_to_apscheduler
+from bridge.errors import BridgeError
 from bridge.model import SourceSpec
 
 log = logging.getLogger("bridge.polling.scheduler")
@@ -237,7 +238,10 @@ class Scheduler:
     def _start_claimed(self, due: list[str]) -> None:
         try:
             granted = self.claim(due) if self.claim is not None else due
-        except Exception:  # the state failing: these polls wait for their next turn
+        except BridgeError as exc:  # the state failing: these polls wait for their next turn
+            log.error("could not claim %d due sources: %s", len(due), exc)
+            return
+        except Exception:
             log.exception("could not claim %d due sources", len(due))
             return
         if len(granted) < len(due):

@@ -6,17 +6,20 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
+
+from aiohttp import web
 
 from bridge.config import Config, load_config
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.errors import BridgeError
 from bridge.http import HttpClient
-from bridge.polling.engine import Engine
+from bridge.polling.engine import Engine, PollResult
 from bridge.polling.scheduler import Scheduler
-from bridge.service.metrics import Metrics
-from bridge.state import State, open_state
+from bridge.service.metrics import SUCCESSES, Metrics
+from bridge.service.notify import Notifier
+from bridge.state import State, open_state, redact_location
 
 log = logging.getLogger("bridge.service.daemon")
 
@@ -25,6 +28,9 @@ log = logging.getLogger("bridge.service.daemon")
 # most these timestamps, which only bring a poll forward.
 FLUSH_INTERVAL = 10.0
 TRIM_INTERVAL = 3600.0  # seconds between retention passes
+# Seconds between asks of the state's health: a removed state file or failing writes are said
+# within this (and /healthz asks at each request).
+HEALTH_INTERVAL = 2.0
 FIRST_TRIM = 5.0  # the first pass comes soon after start, once the first polls are under way
 
 
@@ -51,9 +57,14 @@ class Daemon:
         self.env = env
         self.out = out
         self.metrics = Metrics()
+        self.notifier = Notifier(env)
         self._stop = asyncio.Event()
         self._force = False
+        # Reloads one at a time, in the order their signals came: the file is read in a thread,
+        # and two reads racing could apply the older file last.
+        self._reloading = asyncio.Lock()
         self._polls: set[asyncio.Task[Any]] = set()
+        self._problem: str | None = None  # the state's problem last said
         self.state: State | None = None
         self.engine: Engine | None = None
         self.dispatcher: Dispatcher | None = None
@@ -78,11 +89,17 @@ class Daemon:
 
     # --- health --------------------------------------------------------------------------------
 
-    async def healthy(self) -> bool:
-        """The scheduler runs and the state takes a write (probed off the event loop)."""
+    async def healthy(self) -> str | None:
+        """None while the scheduler runs and the state keeps what is written to it and takes
+        a write (probed off the event loop); else what is wrong, in one line."""
         if self.scheduler is None or not self.scheduler.running or self.state is None:
-            return False
-        return await asyncio.to_thread(self.state.writable)
+            return "the scheduler is not running"
+        problem = self.state.problem()
+        if problem is not None:
+            return problem
+        if not await asyncio.to_thread(self.state.writable):
+            return f"state {redact_location(self.state.location)}: no write within 1 s"
+        return None
 
     # --- polling -------------------------------------------------------------------------------
 
@@ -114,13 +131,40 @@ class Daemon:
                 row = rows.get(spec.name)
                 self.scheduler.schedule(spec, row.last_poll_at if row else None)
 
+    async def poll_now(self, name: str) -> PollResult:
+        """Poll a source at once (the console's "poll now"); its schedule stays as it was."""
+        assert self.engine is not None and self.scheduler is not None
+        return await self.engine.poll(name, next_poll_at=self.scheduler.next_run(name))
+
+    def _console(self, host: str) -> Callable[[web.Application], None]:
+        # Imported here: a daemon without http.listen loads no Jinja2 templates.
+        from bridge.service.console import Console, mount
+
+        assert self.state is not None and self.dispatcher is not None
+        console = Console(
+            config=lambda: self.config,
+            state=self.state,
+            poll=self.poll_now,
+            wake=self.dispatcher.wake,
+            listen_host=host,
+        )
+        return lambda app: mount(app, console)
+
     # --- reload --------------------------------------------------------------------------------
 
     async def reload(self) -> None:
         """Apply a changed config without a restart; an invalid one is refused, the old one kept."""
+        async with self._reloading:
+            await self._reload()
+
+    async def _reload(self) -> None:
         assert self.engine is not None and self.scheduler is not None
         try:
-            new = load_config(self.config.path, self.env)
+            # Off the event loop: polls, deliveries and /healthz go on while a file is read and
+            # checked. An empty file is refused: an editor caught between truncating and writing.
+            new = await asyncio.to_thread(
+                load_config, self.config.path, self.env, allow_empty=False
+            )
         except BridgeError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
@@ -165,11 +209,16 @@ class Daemon:
     async def _housekeeping(self) -> None:
         assert self.engine is not None
         next_trim = time.time() + FIRST_TRIM
+        next_flush = time.monotonic() + FLUSH_INTERVAL
         while not self._stop.is_set():
             try:
-                await asyncio.wait_for(self._stop.wait(), FLUSH_INTERVAL)
+                await asyncio.wait_for(self._stop.wait(), HEALTH_INTERVAL)
             except TimeoutError:
                 pass
+            self._check_state()
+            if time.monotonic() < next_flush and not self._stop.is_set():
+                continue
+            next_flush = time.monotonic() + FLUSH_INTERVAL
             try:
                 self.engine.flush()
                 if time.time() >= next_trim:
@@ -180,6 +229,32 @@ class Daemon:
                         log.info("retention: trimmed %d old rows", n)
             except BridgeError as exc:
                 log.error("housekeeping: %s", exc)
+
+    def _check_state(self) -> None:
+        # Said once when it starts and once when it ends, not at every check.
+        assert self.state is not None
+        problem = self.state.problem()
+        if problem != self._problem:
+            if problem is not None:
+                log.error("%s", problem)
+                self.notifier.send(f"STATUS=unhealthy: {problem}")
+            else:
+                log.info("state %s: writes succeed again", redact_location(self.state.location))
+                self.notifier.send(self._status())
+            self._problem = problem
+
+    def _status(self) -> str:
+        return f"STATUS=running: {len(self.config.sources)} sources"
+
+    def _seed_last_success(self, state: State) -> None:
+        # A source failing since before this start last succeeded before its failures began:
+        # that time keeps a staleness alert firing across a restart.
+        known = {}
+        for name, row in state.snapshots.source_rows().items():
+            at = row.last_poll_at if row.last_result in SUCCESSES else row.failing_since
+            if at is not None:
+                known[name] = at
+        self.metrics.seed_last_success(known)
 
     # --- the run -------------------------------------------------------------------------------
 
@@ -193,6 +268,7 @@ class Daemon:
             raise
         self.state = state
         loop = asyncio.get_running_loop()
+        watchdog = asyncio.create_task(self.notifier.keep_alive())
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
@@ -212,6 +288,8 @@ class Daemon:
                 self.metrics.observe_queue(
                     lambda: state.admin.delivery_counts(self.config.webhooks)
                 )
+                self.metrics.sources = lambda: engine.sources
+                self._seed_last_success(state)
                 self.scheduler = Scheduler(
                     self._poll,
                     lane=self._lane,
@@ -228,7 +306,11 @@ class Daemon:
                     host, port = self.config.listen
                     try:
                         runner = await start_status_server(
-                            host, port, healthy=self.healthy, metrics=self.metrics
+                            host,
+                            port,
+                            healthy=self.healthy,
+                            metrics=self.metrics,
+                            mount=self._console(host),
                         )
                     except OSError as exc:
                         raise BridgeError(
@@ -238,11 +320,14 @@ class Daemon:
                     "running: %d sources, %d webhooks, state %s",
                     len(self.config.sources),
                     len(self.config.webhooks),
-                    self.config.state,
+                    redact_location(self.config.state),
                 )
                 self._warn_of_removed_webhooks()
                 housekeeping = asyncio.create_task(self._housekeeping())
+                # Every source is scheduled and the endpoints answer: started, for systemd.
+                self.notifier.send("READY=1", self._status())
                 await self._stop.wait()
+                self.notifier.send("STOPPING=1")
                 log.info("stopping: waiting up to %.0fs for in-flight work", self.config.grace)
                 self.scheduler.shutdown()
                 await self._finish_polls()
@@ -250,12 +335,14 @@ class Daemon:
                 await dispatcher.stop(0 if self._force else self.config.grace)
                 await asyncio.gather(housekeeping, return_exceptions=True)
         finally:
+            watchdog.cancel()
             if runner is not None:
                 await runner.cleanup()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             state.coordination.release_daemon()
             state.close()
+            self.notifier.close()
         log.info("stopped")
         return 0
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import bisect
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    InfoMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _float_to_go_string
+
+from bridge import __version__
 
 
 def _go_float(value: float) -> str:
@@ -24,6 +28,11 @@ def _go_float(value: float) -> str:
 
 # Upper bounds of bridge_poll_duration_seconds, ending with +Inf: prometheus_client's defaults.
 DURATION_BOUNDS: tuple[float, ...] = Histogram.DEFAULT_BUCKETS
+# A poll that did not fail: the basis of bridge_source_last_success_timestamp_seconds.
+SUCCESSES = frozenset({"new", "changed", "unchanged"})
+# An attempt's outcome as the delivery worker reports it -> its `result` label. A failed attempt
+# leaves the delivery pending, but what the counter counts is an attempt to be retried.
+DELIVERY_RESULTS = {"delivered": "delivered", "pending": "retry", "dead": "dead"}
 
 
 class Metrics:
@@ -35,14 +44,24 @@ class Metrics:
     no lock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.registry = CollectorRegistry()
+        self.clock = clock
+        self.version = __version__
         self.polls: Counter[tuple[str, str]] = Counter()  # (source, result)
         self.events: Counter[tuple[str, str]] = Counter()  # (source, event type)
         self.deliveries: Counter[tuple[str, str]] = Counter()  # (webhook, result)
         self.duration_buckets = [0] * len(DURATION_BOUNDS)  # not cumulative: one per bound
         self.duration_sum = 0.0
+        self.last_success: dict[str, float] = {}  # source -> Unix time of its last good poll
+        # The configured sources, when known: a source taken out of the config leaves
+        # last_success, or a staleness alert would fire for it forever.
+        self.sources: Callable[[], Collection[str]] | None = None
         self.registry.register(_CountsCollector(self))
+        # The process's CPU, memory, open files and start time, and the Python version: what a
+        # dashboard of any service shows beside its own series.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     def poll(self, source: str, result: str, duration: float, event_types: Iterable[str]) -> None:
         """Count one poll, its wall time and its events."""
@@ -51,10 +70,18 @@ class Metrics:
         self.duration_sum += duration
         for type_ in event_types:
             self.events[source, type_] += 1
+        if result in SUCCESSES:
+            self.last_success[source] = self.clock()
+
+    def seed_last_success(self, known: Mapping[str, float]) -> None:
+        """Last successes read from the state at start, so a restart does not hide a source
+        that has been failing since before it; the polls of this process override them."""
+        for source, at in known.items():
+            self.last_success.setdefault(source, at)
 
     def delivery_result(self, webhook: str, result: str) -> None:
-        """Count one attempt's outcome."""
-        self.deliveries[webhook, result] += 1
+        """Count one attempt's outcome (the worker's delivered, pending or dead)."""
+        self.deliveries[webhook, DELIVERY_RESULTS.get(result, result)] += 1
 
     def observe_queue(self, counts: Callable[[], dict[str, dict[str, int]]]) -> None:
         """Expose bridge_delivery_queue{webhook,status}, read from the state file at scrape time."""
@@ -88,10 +115,23 @@ class _CountsCollector(Collector):
         yield _counter("bridge_events", "Events detected.", ["source", "type"], m.events)
         yield _counter(
             "bridge_deliveries",
-            "Delivery attempts by outcome (delivered, pending = will retry, dead).",
+            "Delivery attempts by outcome (delivered, retry = failed and will be retried, dead).",
             ["webhook", "result"],
             m.deliveries,
         )
+        last = GaugeMetricFamily(
+            "bridge_source_last_success_timestamp_seconds",
+            "Unix time of the source's last successful poll.",
+            labels=["source"],
+        )
+        configured = m.sources() if m.sources is not None else None
+        for source, at in sorted(m.last_success.items()):
+            if configured is None or source in configured:
+                last.add_metric([source], at)
+        yield last
+        info = InfoMetricFamily("bridge_build", "The running bridge's version.")
+        info.add_metric([], {"version": m.version})
+        yield info
 
 
 class _QueueCollector(Collector):

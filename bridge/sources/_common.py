@@ -36,6 +36,8 @@ def check_auth(auth: Any) -> list[tuple[str, str]]:
     if isinstance(auth, Mapping) and set(auth) == {"bearer"}:
         if not isinstance(auth["bearer"], str):
             return [("auth.bearer", "must be a string")]
+        if any(c in auth["bearer"] for c in "\r\n\0"):  # it goes into the Authorization header
+            return [("auth.bearer", "cannot hold line breaks (it is sent in an HTTP header)")]
         return []
     if isinstance(auth, Mapping) and set(auth) == {"basic"}:
         basic = auth["basic"]

@@ -12,10 +12,19 @@ from typing import Any, ClassVar
 
 from bridge.errors import SourceError
 from bridge.http import HttpClient, Response, host_key, parse_retry_after
-from bridge.model import CHANGE_KINDS, OPTION_TYPES, Fetched, FetchState, Option, SourceSpec
+from bridge.model import (
+    CHANGE_KINDS,
+    MAX_DEPTH,
+    OPTION_TYPES,
+    Fetched,
+    FetchState,
+    Option,
+    SourceSpec,
+)
 
 __all__ = [
     "CHANGE_KINDS",
+    "MAX_DEPTH",
     "OPTION_TYPES",
     "Fetched",
     "FetchState",
@@ -62,6 +71,23 @@ class Source(ABC):
     def key_expr(self) -> str | None:
         """JMESPath giving an item's identity; None: the item's content hash."""
         return None
+
+    @property
+    def key_by_content(self) -> bool:
+        """Whether an item `key_expr` finds nothing for is keyed by its content hash (True), as
+        without `key_expr`, or fails the poll (False, the default: a `key:` that misses an item
+        is a config or API problem to report)."""
+        return False
+
+    @property
+    def item_model(self) -> tuple[str | None, ...]:
+        """What makes the items of two polls comparable: the kind, items and key expressions.
+
+        A source whose row was last polled under another model (re-added under an old name with
+        another `items:` or `key:`) records a new baseline instead of a diff; `ignore` is not in
+        it, since it changes what is compared, not which items there are.
+        """
+        return (self.kind, self.items_expr, self.key_expr)
 
     @property
     def ignore(self) -> tuple[str, ...]:

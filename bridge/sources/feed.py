@@ -1,4 +1,6 @@
-"""The RSS/Atom source: one item per feed entry, keyed by its id (guid), else its link."""
+"""The RSS/Atom source: one item per feed entry, keyed by its id (guid), else its link (then its
+title, then its summary); an entry with none of these by its content, as `http` items without
+`key:` are."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 import feedparser
 
 from bridge.errors import SourceError
-from bridge.http import HttpClient, host_key
+from bridge.http import HttpClient, display, host_key
 from bridge.sources._common import (
     AUTH_OPTION,
     basic_auth,
@@ -39,7 +41,7 @@ class FeedSource(Source):
     kind = "feed"
     options = {
         "url": Option("str", required=True, help="the feed's URL"),
-        "headers": Option("mapping", default={}),
+        "headers": Option("headers", default={}),
         "auth": AUTH_OPTION,
     }
     # Entries leave a feed's window all the time; that is not news.
@@ -67,6 +69,12 @@ class FeedSource(Source):
     def key_expr(self) -> str | None:
         """The entry's id or guid; a link when it has none (then title, then summary)."""
         return " || ".join(KEY_FIELDS)
+
+    @property
+    def key_by_content(self) -> bool:
+        """An entry with no id, link, title or summary (only an author, say) is keyed by its
+        content, rather than failing the whole feed."""
+        return True
 
     async def fetch(self, http: HttpClient, state: FetchState) -> Fetched:
         """GET the feed conditionally; an identical body is unchanged without parsing."""
@@ -111,20 +119,22 @@ def parse_feed(body: bytes, url: str, content_type: str = "") -> list[dict[str, 
         response_headers={"content-location": url, "content-type": content_type},
     )
     entries = parsed.get("entries") or []
+    where = display(url)
     if not parsed.get("version"):
         # Not an <rss>, <rdf:RDF> or <feed> document: HTML, JSON, an error page.
         problem = _bozo(parsed)
         detail = f" ({problem})" if problem else ""
-        raise SourceError(f"{url} is not an RSS or Atom feed{detail}")
+        raise SourceError(f"{where} is not an RSS or Atom feed{detail}")
     problem = _bozo(parsed)
     if not entries and problem:
-        raise SourceError(f"malformed feed from {url}: {problem}")
+        raise SourceError(f"malformed feed from {where}: {problem}")
     items = [_item(entry) for entry in entries]
-    for i, item in enumerate(items):
-        if not any(item[name] for name in KEY_FIELDS):
-            # A broken document's recovery can yield an empty entry (a truncated <item>).
-            cause = f"malformed feed from {url} ({problem})" if problem else f"feed at {url}"
-            raise SourceError(f"{cause}: entry {i} has no id, link, title or summary")
+    if problem:
+        for i, item in enumerate(items):
+            if not any(item.values()):
+                # A broken document's recovery can yield an empty entry (a truncated <item>):
+                # that is the document failing, not an entry to key by its (empty) content.
+                raise SourceError(f"malformed feed from {where} ({problem}): entry {i} is empty")
     return items
 
 

@@ -14,9 +14,17 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import orjson
 
 from bridge.errors import SourceError
-from bridge.http import HttpClient, Response, host_key, parse_retry_after
+from bridge.http import (
+    MAX_HOST_WAIT,
+    HttpClient,
+    Response,
+    display,
+    host_key,
+    parse_retry_after,
+    until,
+)
 from bridge.sources._common import body_hash, check_http_url
-from bridge.sources.base import CHANGE_KINDS, Fetched, FetchState, Option, Source
+from bridge.sources.base import CHANGE_KINDS, MAX_DEPTH, Fetched, FetchState, Option, Source
 from bridge.sources.github_budget import WINDOW, Budget, budget_for
 
 log = logging.getLogger("bridge.sources.github")
@@ -78,7 +86,7 @@ class GitHubSource(Source):
         "repo": Option("str", required=True, help="owner/name"),
         "watch": Option("choice", default="releases", choices=tuple(WATCHES)),
         "branch": Option("str", help="watch: commits of this branch (default: the default one)"),
-        "token": Option("str", secret=True),
+        "token": Option("token", secret=True),
         "api_url": Option(
             "str", default=DEFAULT_API, help="GitHub Enterprise: https://HOST/api/v3"
         ),
@@ -168,11 +176,11 @@ class GitHubSource(Source):
             # A wait an earlier run was told (kept in the state file): `bridge once` from cron
             # must not spend a request every run on a token that is spent until the reset.
             budget.recalled = True
-            if (until := http.blocked_until(budget.key)) is not None:
-                budget.block(until, f"GitHub rate limit for {self._who} (from an earlier run)")
+            if (earlier := http.blocked_until(budget.key)) is not None:
+                budget.block(earlier, f"GitHub rate limit for {self._who} (from an earlier run)")
         if budget.blocked_until > now:
             raise SourceError(
-                f"{budget.reason}: no request before {_hms(budget.blocked_until)} UTC "
+                f"{budget.reason}: no request before {until(budget.blocked_until, now)} "
                 f"({budget.blocked_until - now:.0f}s from now)",
                 retry_after=budget.blocked_until - now,
             )
@@ -190,11 +198,16 @@ class GitHubSource(Source):
         extra["last_request_at"] = now
         extra.pop("not_before", None)
         if (interval := _seconds(first.headers.get("X-Poll-Interval"))) is not None:
-            extra["not_before"] = now + interval
+            extra["not_before"] = now + min(interval, MAX_HOST_WAIT)
         if moved is not None:
             moved_url = moved
             extra["moved_from"] = configured
-            log.info("%s: GitHub moved %s permanently to %s", self.name, configured, moved)
+            log.info(
+                "%s: GitHub moved %s permanently to %s",
+                self.name,
+                display(configured),
+                display(moved),
+            )
         elif moved_url is None:
             extra.pop("moved_from", None)
         if first.status == 304:
@@ -246,16 +259,18 @@ class GitHubSource(Source):
             budget.observe(response.headers, clock())
             location = response.headers.get("Location")
             if not location:
-                raise SourceError(f"HTTP {response.status} from {url} without a Location")
+                raise SourceError(f"HTTP {response.status} from {display(url)} without a Location")
             target = urljoin(url, location)
-            if not urlsplit(target).query and urlsplit(url).query:
-                # Keep per_page and the sort order if the new place was given without them.
-                target = f"{target}?{urlsplit(url).query}"
+            here, there = urlsplit(url), urlsplit(target)
+            if not there.query and here.query and there[:2] == here[:2]:
+                # Keep per_page and the sort order if the new place on the same API was given
+                # without them; another host gets no more than its Location says.
+                target = f"{target}?{here.query}"
             permanent = permanent and response.status in _PERMANENT
             if permanent:
                 moved = target
             url = target
-        raise SourceError(f"more than {MAX_REDIRECTS} redirects from {self.url()}")
+        raise SourceError(f"more than {MAX_REDIRECTS} redirects from {display(self.url())}")
 
     async def _more_pages(
         self, http: HttpClient, first: Response, budget: Budget
@@ -276,19 +291,23 @@ class GitHubSource(Source):
             bodies.append(page.body)
             total += len(page.body)
             if total > self.spec.max_bytes:
-                raise SourceError(f"pages up to {next_url} are over max_bytes in total")
+                raise SourceError(f"pages up to {display(next_url)} are over max_bytes in total")
         return bodies, "next" not in page.links
 
     def _items(self, body: bytes, url: str) -> list[Any]:
         try:
             page = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise SourceError(f"invalid JSON from {url}: {exc}") from exc
+            if "depth limit" in str(exc):  # orjson's own limit (1024), far past ours
+                raise SourceError(f"document nested deeper than {MAX_DEPTH} levels") from exc
+            raise SourceError(f"invalid JSON from {display(url)}: {exc}") from exc
         unwrap = self.watch.unwrap
         if unwrap is not None:
             page = page.get(unwrap) if isinstance(page, dict) else None
         if not isinstance(page, list):
-            raise SourceError(f"unexpected answer from {url}: not a list of {self.watch.path}")
+            raise SourceError(
+                f"unexpected answer from {display(url)}: not a list of {self.watch.path}"
+            )
         if self.watch.path == "issues":
             # The issues list has pull requests too; watch: pulls is for those.
             page = [i for i in page if not (isinstance(i, dict) and "pull_request" in i)]
@@ -310,7 +329,8 @@ class GitHubSource(Source):
         except SourceError as exc:
             text = f"{exc}: {message}" if message else str(exc)
             raise SourceError(text, retry_after=exc.retry_after) from None
-        raise SourceError(f"HTTP {status} from {response.url}")  # a 1xx or 3xx: not an answer
+        # a 1xx or 3xx: not an answer
+        raise SourceError(f"HTTP {status} from {display(response.url)}")
 
     def _rate_limited(
         self, response: Response, budget: Budget, message: str, now: float, http: HttpClient
@@ -319,15 +339,17 @@ class GitHubSource(Source):
         headers = response.headers
         who = self._who
         retry_after = parse_retry_after(headers.get("Retry-After"), now)
+        if retry_after is not None:
+            retry_after = min(retry_after, MAX_HOST_WAIT)  # 999999999 must not stop it for years
         lowered = message.lower()
         secondary = "secondary rate limit" in lowered or "abuse" in lowered
         if headers.get("X-RateLimit-Remaining") == "0" and not secondary:
             if retry_after is not None:
-                until = now + retry_after
+                ends = now + retry_after
             else:
                 reset = _seconds(headers.get("X-RateLimit-Reset"))
-                until = min(reset, now + WINDOW) if reset and reset > now else now + SECONDARY_WAIT
-            budget.block(until, f"GitHub API rate limit exhausted for {who}")
+                ends = min(reset, now + WINDOW) if reset and reset > now else now + SECONDARY_WAIT
+            budget.block(ends, f"GitHub API rate limit exhausted for {who}")
         elif secondary or retry_after is not None or response.status == 429:
             budget.strikes += 1
             first = retry_after if retry_after is not None else SECONDARY_WAIT
@@ -340,10 +362,11 @@ class GitHubSource(Source):
         else:
             return  # a plain 403: no permission, or a blocked resource
         http.block(budget.key, budget.blocked_until)  # the engine keeps it for the next run too
+        wait = budget.blocked_until - now
         raise SourceError(
-            f"{budget.reason} ({response.status} from {response.url}): no request before "
-            f"{_hms(budget.blocked_until)} UTC ({budget.blocked_until - now:.0f}s from now)",
-            retry_after=budget.blocked_until - now,
+            f"{budget.reason} ({response.status} from {display(response.url)}): no request "
+            f"before {until(budget.blocked_until, now)} ({wait:.0f}s from now)",
+            retry_after=wait,
         )
 
 
@@ -364,7 +387,3 @@ def _seconds(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds is not None and 0 <= seconds < math.inf else None
-
-
-def _hms(ts: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(ts))

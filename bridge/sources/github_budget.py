@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -40,6 +41,8 @@ class Budget:
             reset = float(raw_reset)
         except (KeyError, TypeError, ValueError):
             return
+        if not math.isfinite(reset):
+            return  # "nan" or "inf": no time a window resets at
         if raw_reset == self.raw_reset and self.remaining is not None:
             # Answers to concurrent polls arrive in any order; within one window, count down.
             remaining = min(remaining, self.remaining)

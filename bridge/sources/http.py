@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from bridge.errors import SourceError
-from bridge.http import HttpClient, host_key
+from bridge.http import HttpClient, display, host_key
 from bridge.sources._common import (
     AUTH_OPTION,
     basic_auth,
@@ -18,7 +18,7 @@ from bridge.sources._common import (
     request_headers,
 )
 from bridge.sources._common import body_hash as hashed
-from bridge.sources.base import Fetched, FetchState, Option, Source
+from bridge.sources.base import MAX_DEPTH, Fetched, FetchState, Option, Source
 
 
 class _Request(NamedTuple):
@@ -36,8 +36,8 @@ class HttpSource(Source):
     kind = "http"
     options = {
         "url": Option("str", required=True, help="the URL to poll"),
-        "method": Option("str", default="GET"),
-        "headers": Option("mapping", default={}),
+        "method": Option("method", default="GET"),
+        "headers": Option("headers", default={}),
         "params": Option("mapping", default={}),
         "body": Option("str"),
         "json": Option("any"),
@@ -123,5 +123,8 @@ class HttpSource(Source):
         try:
             parsed = [orjson.loads(body) for body in pages.bodies]
         except orjson.JSONDecodeError as exc:
-            raise SourceError(f"invalid JSON from {state.url or opts['url']}: {exc}") from exc
+            where = display(state.url or opts["url"])
+            if "depth limit" in str(exc):  # orjson's own limit (1024), far past ours
+                raise SourceError(f"document nested deeper than {MAX_DEPTH} levels") from exc
+            raise SourceError(f"invalid JSON from {where}: {exc}") from exc
         return Fetched(unchanged=False, state=new_state, pages=parsed, complete=pages.complete)

@@ -18,6 +18,13 @@ from bridge.model import Delivery, DeliveryStatus, Finished, PollCommit, SourceR
 # poll times and result moved) and the lease the poll ran under.
 Touched = tuple[SourceRow, int | None]
 
+# The instance registry (Coordination.register/heartbeat): a daemon beats this often (seconds),
+# and one silent for INSTANCE_TIMEOUT counts as dead where liveness is judged by heartbeats
+# (PostgreSQL: instances on other machines). Three missed beats, well inside the promise that
+# a dead instance's sources move on within 30 s.
+HEARTBEAT_INTERVAL = 5.0
+INSTANCE_TIMEOUT = 15.0
+
 
 class Snapshots(Protocol):
     """What polling reads and writes: source rows, item snapshots, rate-limited hosts."""
@@ -90,6 +97,20 @@ class Outbox(Protocol):
 class Admin(Protocol):
     """The commands' (and the console's) reads and queue changes, and retention."""
 
+    def sources(
+        self,
+        names: Sequence[str],
+        *,
+        match: str | None = None,
+        failing: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> tuple[int, list[SourceRow]]:
+        """A page of the rows of `names`, in their order (a fresh row for one never stored):
+        only names containing `match` (case-insensitive), only failing ones (failures > 0) if
+        `failing`; `limit` None: all. Returns (how many match in all, the page), paged by the
+        backend, so that a page of 10,000 sources costs a page."""
+
     def events(self, *, source: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Recent events, newest first: id, source, type, key, created_at, event (parsed)."""
 
@@ -151,9 +172,19 @@ class Coordination(Protocol):
     def instance_id(self) -> str:
         """This process's name as the owner of leases."""
 
+    def register(self, now: float) -> None:
+        """Record this instance (its id, host and pid) in the state as live since `now`."""
+
+    def heartbeat(self, now: float) -> None:
+        """Mark this instance alive at `now` (registering it if it is not). Where liveness
+        is judged by heartbeats, an instance silent for INSTANCE_TIMEOUT is dead: the poll
+        leases it holds are free to others at once, before they expire."""
+
     def hold_daemon(self) -> None:
         """Claim the state for this process's `bridge run`; StateError if the backend allows
-        one daemon and another holds it. Held until release_daemon() or the process dies."""
+        one daemon and another holds it. Held until release_daemon() or the process dies.
+        A backend that allows several (PostgreSQL) registers the instance instead, and keeps
+        its heartbeat while it is held."""
 
     def release_daemon(self) -> None:
         """Give up the daemon's claim (a no-op when not held)."""
@@ -176,7 +207,8 @@ class State(Protocol):
 
     @property
     def location(self) -> str:
-        """Where the state is: a SQLite file's path."""
+        """Where the state is: a SQLite file's path, or a PostgreSQL URL (with its password:
+        print it through bridge.state.redact_location)."""
 
     @property
     def snapshots(self) -> Snapshots:
@@ -197,6 +229,15 @@ class State(Protocol):
     def writable(self) -> bool:
         """Whether a write can be made right now (for /healthz); callable from a thread and
         waiting at most about a second."""
+
+    def problem(self) -> str | None:
+        """What keeps this process's writes from lasting, as one line naming the state, or None.
+
+        Two things are promised to be seen: the state removed or replaced under the open
+        connection (its writes would go where nobody reads them again), and writes failing
+        (a full disk): the last write failed and none has succeeded since. Cheap enough to ask
+        every few seconds from the event loop; it never creates anything.
+        """
 
     def close(self) -> None:
         """Close the state's connections."""

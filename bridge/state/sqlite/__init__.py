@@ -29,6 +29,10 @@ class SqliteState:
         """Whether the file takes a write now (its own connection; waits at most 1 s)."""
         return self.database.writable()
 
+    def problem(self) -> str | None:
+        """The file removed or replaced under the connection, or the last write failed."""
+        return self.database.problem()
+
     def close(self) -> None:
         """Release this instance's poll leases and close the connection; the daemon lock goes
         with the process, or with release_daemon()."""

@@ -8,8 +8,12 @@ from typing import Any
 
 import orjson
 
-from bridge.model import DeliveryStatus
+from bridge.model import DeliveryStatus, SourceRow
 from bridge.state.sqlite.connection import Database, chunks
+from bridge.state.sqlite.rows import SOURCE_COLUMNS, row_from
+
+# The stored columns of a source row, read beside the asked-for name (which a row may lack).
+_STORED = ", ".join(f"s.{c.strip()}" for c in SOURCE_COLUMNS.split(","))
 
 
 class SqliteAdmin:
@@ -103,6 +107,41 @@ class SqliteAdmin:
                 [(row[0], w, row[1], now, now, now) for w in new],
             )
             return len(new)
+
+    # --- reading, for the CLI and the console ---------------------------------------------
+
+    def sources(
+        self,
+        names: Sequence[str],
+        *,
+        match: str | None = None,
+        failing: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> tuple[int, list[SourceRow]]:
+        """A page of the rows of `names`, in their order; (how many match, the page).
+
+        The names go in as one JSON array (json_each), so the filter, the count and the page
+        are all SQL: a console page of 10,000 sources reads one page of rows, not all of them.
+        """
+        where: list[str] = []
+        params: list[Any] = [orjson.dumps(list(names)).decode()]
+        if match:
+            where.append("instr(lower(j.value), ?) > 0")
+            params.append(match.lower())
+        if failing:
+            where.append("s.failures > 0")
+        rest = "FROM json_each(?) j LEFT JOIN sources s ON s.name = j.value " + (
+            f"WHERE {' AND '.join(where)}" if where else ""
+        )
+        total: int = self.conn.execute(f"SELECT count(*) {rest}", params).fetchone()[0]
+        if limit == 0:
+            return total, []
+        page = self.conn.execute(
+            f"SELECT j.value, {_STORED} {rest} ORDER BY j.key LIMIT ? OFFSET ?",
+            (*params, -1 if limit is None else limit, offset),
+        )
+        return total, [SourceRow(r[0]) if r[1] is None else row_from(r[1:]) for r in page]
 
     # --- reading, for the CLI ---------------------------------------------------------------
 

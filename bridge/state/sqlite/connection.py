@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,6 +49,10 @@ class Database:
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{path}: cannot use the state file: {exc}") from exc
+        # Which file the connection holds open: one removed or replaced under it keeps taking
+        # writes that nobody will read again, so problem() compares it with what the path names.
+        self._identity = _identity(path)
+        self._write_error: str | None = None  # the last write's failure, until one succeeds
 
     @functools.cached_property
     def db(self) -> sqlite_utils.Database:
@@ -78,12 +83,12 @@ class Database:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise StateError(f"{self.path}: cannot write the state file: {exc}") from exc
+            raise self._failed(exc) from exc
         try:
             yield conn
         except sqlite3.DatabaseError as exc:
             conn.rollback()
-            raise StateError(f"{self.path}: cannot write the state file: {exc}") from exc
+            raise self._failed(exc) from exc
         except BaseException:
             conn.rollback()
             raise
@@ -91,7 +96,27 @@ class Database:
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             conn.rollback()
-            raise StateError(f"{self.path}: cannot write the state file: {exc}") from exc
+            raise self._failed(exc) from exc
+        self._write_error = None
+
+    def _failed(self, exc: sqlite3.Error) -> StateError:
+        self._write_error = str(exc)
+        return StateError(f"{self.path}: cannot write the state file: {exc}")
+
+    def problem(self) -> str | None:
+        """Why this connection's writes are lost or failing, or None (see State.problem)."""
+        if self.path != MEMORY:
+            try:
+                now = _identity(self.path)
+            except OSError as exc:
+                return f"state file {self.path}: {exc.strerror or exc}"
+            if now is None or now != self._identity:
+                return (
+                    f"state file {self.path} was removed or replaced while running; restart bridge"
+                )
+        if self._write_error is not None:
+            return f"state file {self.path}: writes failing: {self._write_error}"
+        return None
 
     def writable(self) -> bool:
         """Whether a write transaction can start right now (for /healthz); waits at most 1 s.
@@ -102,7 +127,9 @@ class Database:
         if self.path == MEMORY:
             return True
         try:
-            conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
+            # mode=rw: a probe must never create the file (a removed one would come back empty).
+            uri = Path(self.path).absolute().as_uri() + "?mode=rw"
+            conn = sqlite3.connect(uri, timeout=1.0, isolation_level=None, uri=True)
         except sqlite3.Error:
             return False
         try:
@@ -119,6 +146,17 @@ class Database:
     def data_version(self) -> int:
         """Changes when another connection commits: a cheap way to notice their writes."""
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None for MEMORY or a path that names nothing."""
+    if path == MEMORY:
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def chunks(seq: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:

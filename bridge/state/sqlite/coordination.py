@@ -52,6 +52,27 @@ class SqliteCoordination:
         self._lock = DaemonLock(database.path) if database.path != MEMORY else None
         self._leased = False  # whether this instance ever took a lease (close releases them)
 
+    def register(self, now: float) -> None:
+        """Record this instance in the file's registry, live since `now`. On SQLite the
+        registry only informs: whether a lease's owner is alive is asked of its pid."""
+        with self.database.write() as conn:
+            conn.execute(
+                "INSERT INTO instances (id, host, pid, started_at, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (self.instance_id, _HOST, os.getpid(), now, now),
+            )
+
+    def heartbeat(self, now: float) -> None:
+        """Mark this instance alive at `now` in the file's registry (registering it if not)."""
+        with self.database.write() as conn:
+            found = conn.execute(
+                "UPDATE instances SET heartbeat_at = max(heartbeat_at, ?) WHERE id = ?",
+                (now, self.instance_id),
+            ).rowcount
+        if not found:
+            self.register(now)
+
     def hold_daemon(self) -> None:
         """Take the state file's daemon lock, or StateError naming the holder's pid."""
         if self._lock is not None:

@@ -29,13 +29,14 @@ def row_values(row: SourceRow) -> tuple[Any, ...]:
         row.failures,
         row.failing_since,
         int(row.alerted),
+        row.item_model,
     )
 
 
 # The sources table's columns, in the order of row_values() and row_from().
 SOURCE_COLUMNS = (
     "name, etag, last_modified, body_hash, url, extra, baselined, last_poll_at, last_result, "
-    "last_error, last_change_at, next_poll_at, failures, failing_since, alerted"
+    "last_error, last_change_at, next_poll_at, failures, failing_since, alerted, item_model"
 )
 
 
@@ -59,4 +60,5 @@ def row_from(r: Sequence[Any]) -> SourceRow:
         failures=r[12],
         failing_since=r[13],
         alerted=bool(r[14]),
+        item_model=r[15],
     )

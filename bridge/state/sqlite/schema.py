@@ -6,8 +6,10 @@ import sqlite3
 
 # 2: the deliveries_pending index; 3: host_blocks; 4: poll leases on sources, deliveries_leased;
 # 5: deliveries_in_flight replaces deliveries_leased (a delivery discarded in flight is in it);
-# 6: poll leases move to a table of their own (poll_leases)
-SCHEMA_VERSION = 6
+# 6: poll leases move to a table of their own (poll_leases);
+# 7: sources.item_model (the fingerprint of the items/key a snapshot was taken under);
+#    instances (the registry of Coordination.register/heartbeat)
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -25,7 +27,8 @@ CREATE TABLE IF NOT EXISTS sources (
     next_poll_at REAL,
     failures INTEGER NOT NULL DEFAULT 0,
     failing_since REAL,
-    alerted INTEGER NOT NULL DEFAULT 0
+    alerted INTEGER NOT NULL DEFAULT 0,
+    item_model TEXT
 );
 -- The sources being polled: one small row per poll in flight, so that taking a wake-up's leases
 -- writes a few pages rather than one page of `sources` per source.
@@ -98,10 +101,17 @@ CREATE TABLE IF NOT EXISTS host_blocks (
     host TEXT PRIMARY KEY,
     until REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 # Columns added to tables of files made before them: (table, column, definition).
-ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = ()
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (("sources", "item_model", "TEXT"),)
 
 # Indexes of older schemas that a newer one replaced.
 DROPPED_INDEXES = ("deliveries_leased",)

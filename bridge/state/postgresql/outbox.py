@@ -1,0 +1,163 @@
+"""The delivery queue on PostgreSQL: claims shared by any number of instances (one delivery per
+source in flight, whichever instance holds it) and the attempts' outcomes.
+
+A claim is one transaction of two statements:
+
+1. the due rows are locked with FOR UPDATE SKIP LOCKED inside a MATERIALIZED CTE (as Oban
+   does: the planner cannot lock more rows than its LIMIT), the first of each source kept, and
+   for each, in id order until `limit`, a transaction-scoped advisory lock on (webhook, source)
+   is tried. SKIP LOCKED alone would let two instances claiming at the same moment each take a
+   different delivery of one source; the advisory lock lets only one of them claim the source.
+2. the leases are written, re-checking that no other delivery of the source holds a live
+   lease, and that no older one of the source is claimable (SKIP LOCKED passes over a row
+   another claim has locked, so the first row of a source seen in step 1 may not be its
+   oldest: taking it would send the source's events out of order). This statement's snapshot
+   is taken after the advisory locks are held, so it sees the lease of any claim of the same
+   source that committed before: a claimer releases its advisory lock only after its commit
+   is visible. A source refused here is claimed by a later look.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from bridge.model import Delivery, Finished
+from bridge.state.postgresql.connection import Database
+
+_LOCKED_DUE = """
+WITH due AS MATERIALIZED (
+    SELECT d.id, d.source FROM deliveries d
+    WHERE d.webhook = %(webhook)s AND d.status = 'pending' AND d.next_attempt_at <= %(now)s
+      AND (d.lease_until IS NULL OR d.lease_until < %(now)s)
+      AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.webhook = d.webhook
+                      AND o.source = d.source AND o.lease_until >= %(now)s)
+    ORDER BY d.id
+    LIMIT %(scan)s
+    FOR UPDATE OF d SKIP LOCKED
+), firsts AS MATERIALIZED (
+    SELECT DISTINCT ON (source) id, source FROM due ORDER BY source, id
+)
+SELECT id FROM (SELECT id, source FROM firsts ORDER BY id OFFSET 0) f
+WHERE pg_try_advisory_xact_lock(hashtext(%(webhook)s), hashtext(f.source))
+LIMIT %(limit)s
+"""
+# OFFSET 0 keeps the (volatile) lock call above the sort: it runs in id order and stops at
+# LIMIT, so no source is locked that this claim does not take.
+
+_LEASE = """
+UPDATE deliveries d SET lease_until = %(until)s
+FROM events e
+WHERE d.id = ANY(%(ids)s) AND e.seq = d.event_seq
+  AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.webhook = d.webhook
+                  AND o.source = d.source AND o.id <> d.id AND o.lease_until >= %(now)s)
+  AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.webhook = d.webhook
+                  AND p.source = d.source AND p.status = 'pending' AND p.id < d.id
+                  AND p.next_attempt_at <= %(now)s
+                  AND (p.lease_until IS NULL OR p.lease_until < %(now)s))
+RETURNING d.id, e.id, d.source, d.attempts, e.body
+"""
+
+
+class PostgresOutbox:
+    """bridge.state.base.Outbox over a PostgreSQL database."""
+
+    def __init__(self, database: Database):
+        self.database = database
+
+    def claim_due(
+        self,
+        webhook: str,
+        now: float,
+        limit: int,
+        lease: float,
+        finished: Sequence[Finished] = (),
+    ) -> list[Delivery]:
+        """Lease up to `limit` due deliveries, oldest first, at most one per source in flight
+        across every instance; `finished` attempts are recorded first, in the same transaction.
+        """
+        if finished:
+            with self.database.write() as conn:
+                _write_finished(conn, finished)
+                return _claim(conn, webhook, now, limit, lease)
+        if limit <= 0:
+            return []
+        # Most looks find nothing due: a plain read then costs no transaction and no locks.
+        with self.database.connection() as conn:
+            due = conn.execute(
+                "SELECT 1 FROM deliveries WHERE webhook = %s AND status = 'pending' "
+                "AND next_attempt_at <= %s AND (lease_until IS NULL OR lease_until < %s) LIMIT 1",
+                (webhook, now, now),
+            ).fetchone()
+        if due is None:
+            return []
+        with self.database.write() as conn:
+            return _claim(conn, webhook, now, limit, lease)
+
+    def next_due(self, webhook: str) -> float | None:
+        """When the earliest pending delivery of a webhook can be claimed, or None: not before
+        it is due, nor while a delivery of its source is in flight (until that lease ends)."""
+        with self.database.connection() as conn:
+            r = conn.execute(
+                "SELECT min(greatest(d.next_attempt_at, coalesce(f.until, 0))) FROM deliveries d "
+                "LEFT JOIN (SELECT source, max(lease_until) AS until FROM deliveries "
+                "WHERE webhook = %s AND lease_until IS NOT NULL GROUP BY source) f "
+                "ON f.source = d.source "
+                "WHERE d.webhook = %s AND d.status = 'pending'",
+                (webhook, webhook),
+            ).fetchone()
+        return None if r is None or r[0] is None else float(r[0])
+
+    def finish_attempts(self, finished: Sequence[Finished]) -> None:
+        """Record several attempts in one transaction."""
+        if finished:
+            with self.database.write() as conn:
+                _write_finished(conn, finished)
+
+
+def _claim(
+    conn: psycopg.Connection[Any], webhook: str, now: float, limit: int, lease: float
+) -> list[Delivery]:
+    if limit <= 0:
+        return []
+    params = {"webhook": webhook, "now": now, "scan": limit * 4, "limit": limit}
+    ids = [r[0] for r in conn.execute(_LOCKED_DUE, params).fetchall()]
+    if not ids:
+        return []
+    rows = conn.execute(_LEASE, {"until": now + lease, "ids": ids, "now": now}).fetchall()
+    return [
+        Delivery(did, eid, webhook, source, attempts, bytes(body))
+        for did, eid, source, attempts, body in sorted(rows)
+    ]
+
+
+def _write_finished(conn: psycopg.Connection[Any], finished: Sequence[Finished]) -> None:
+    cur = conn.cursor()
+    cur.executemany(
+        "INSERT INTO attempts (delivery_id, at, status, error, duration) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        [(f.delivery_id, f.at, f.http_status, f.error, f.duration) for f in finished],
+    )
+    # A delivery discarded (`bridge discard`) while this attempt was in flight stays dead,
+    # with the reason it was discarded, unless the attempt delivered it.
+    kept = "status = 'dead' AND %(status)s <> 'delivered'"
+    cur.executemany(
+        f"UPDATE deliveries SET status = CASE WHEN {kept} THEN status ELSE %(status)s END, "
+        "attempts = attempts + 1, lease_until = NULL, "
+        "next_attempt_at = coalesce(%(next)s, next_attempt_at), last_status = %(http)s, "
+        f"last_error = CASE WHEN {kept} THEN last_error ELSE %(error)s END, "
+        "updated_at = %(at)s WHERE id = %(id)s",
+        [
+            {
+                "status": f.status,
+                "next": f.next_attempt_at,
+                "http": f.http_status,
+                "error": f.error,
+                "at": f.at,
+                "id": f.delivery_id,
+            }
+            for f in sorted(finished, key=lambda f: f.delivery_id)
+        ],
+    )

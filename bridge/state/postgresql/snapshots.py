@@ -1,0 +1,238 @@
+"""Polling's queries on PostgreSQL: source rows, item snapshots, rate-limited hosts, and the
+commit of polls (fenced by their leases) with their events and pending deliveries."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+import psycopg
+
+from bridge.model import PollCommit, SourceRow
+from bridge.state.base import Touched
+from bridge.state.postgresql.connection import Database
+from bridge.state.postgresql.rows import SOURCE_COLUMNS, row_from, row_values
+
+# Writing a poll's row ends the lease it ran under.
+_UPSERT_SOURCE = (
+    f"INSERT INTO sources ({SOURCE_COLUMNS}) VALUES ({', '.join(['%s'] * 16)}) "
+    "ON CONFLICT (name) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in SOURCE_COLUMNS.split(", ")[1:])
+    + ", lease_until = NULL"
+).encode()
+
+# Only a baselined row is touched: one that lost its content meanwhile (removed, or restored
+# from a backup, by another process) is written whole instead. The WHERE is the fence: an
+# UPDATE re-reads a row another transaction changed before it writes it.
+_TOUCH_SOURCE = (
+    b"UPDATE sources SET last_poll_at = %s, next_poll_at = %s, last_result = %s, "
+    b"lease_until = NULL WHERE name = %s AND baselined "
+    b"AND (%s::bigint IS NULL OR (lease_owner = %s AND lease_token = %s))"
+)
+
+
+class PostgresSnapshots:
+    """bridge.state.base.Snapshots over a PostgreSQL database."""
+
+    def __init__(self, database: Database, owner: str):
+        self.database = database
+        self.owner = owner  # this state's instance id: the owner of the leases it takes
+
+    def source_row(self, name: str) -> SourceRow:
+        """The stored row of a source, or a fresh one if it was never polled."""
+        with self.database.connection() as conn:
+            found = conn.execute(
+                f"SELECT {SOURCE_COLUMNS} FROM sources WHERE name = %s".encode(), (name,)
+            ).fetchone()
+        return row_from(found) if found else SourceRow(name=name)
+
+    def source_rows(self) -> dict[str, SourceRow]:
+        """Every stored source row by name (one statement: one snapshot)."""
+        with self.database.connection() as conn:
+            rows = conn.execute(f"SELECT {SOURCE_COLUMNS} FROM sources".encode()).fetchall()
+        return {r[0]: row_from(r) for r in rows}
+
+    def generation(self) -> int:
+        """The other writers' count of committed write transactions (bridge.state.postgresql
+        .connection): it changes when another state commits, not when this one does."""
+        return self.database.generation()
+
+    def host_blocks(self, now: float) -> dict[str, float]:
+        """Hosts (or GitHub token budgets) still off-limits at `now`, with until when."""
+        with self.database.connection() as conn:
+            rows = conn.execute(
+                "SELECT host, until FROM host_blocks WHERE until > %s", (now,)
+            ).fetchall()
+        return {host: until for host, until in rows}
+
+    def item_hashes(self, source: str) -> dict[str, str]:
+        """key -> compared-content hash of every stored item of a source."""
+        with self.database.connection() as conn:
+            rows = conn.execute(
+                "SELECT key, hash FROM items WHERE source = %s", (source,)
+            ).fetchall()
+        return {key: h for key, h in rows}
+
+    def item_contents(self, source: str, keys: Sequence[str]) -> dict[str, Any]:
+        """key -> stored item (parsed) for the given keys (one array parameter, any length)."""
+        if not keys:
+            return {}
+        with self.database.connection() as conn:
+            rows = conn.execute(
+                "SELECT key, content FROM items WHERE source = %s AND key = ANY(%s)",
+                (source, list(keys)),
+            ).fetchall()
+        return {key: orjson.loads(content) for key, content in rows}
+
+    def commit_polls(
+        self,
+        commits: Iterable[PollCommit],
+        host_blocks: Mapping[str, float] | None = None,
+        touched: Sequence[Touched] = (),
+    ) -> set[str]:
+        """Write polls with their snapshot changes, events and pending deliveries atomically;
+        returns the names of the polls fenced out because their lease was no longer current.
+
+        The leased rows are locked (FOR UPDATE) while their tokens are checked, so no other
+        instance can take a lease between the check and the write.
+        """
+        commits = list(commits)
+        with self.database.write() as conn:
+            if host_blocks:
+                conn.execute("DELETE FROM host_blocks WHERE until < %s", (time.time(),))
+                conn.cursor().executemany(
+                    "INSERT INTO host_blocks (host, until) VALUES (%s, %s) ON CONFLICT (host) "
+                    "DO UPDATE SET until = greatest(host_blocks.until, excluded.until)",
+                    sorted(host_blocks.items()),
+                )
+            refused = self._fenced_out(conn, [(c.row.name, c.lease) for c in commits])
+            if refused:
+                commits = [c for c in commits if c.row.name not in refused]
+            whole = [c.row for c in commits]
+            if touched:
+                owner = self.owner
+                cur = conn.cursor()
+                cur.executemany(
+                    _TOUCH_SOURCE,
+                    [
+                        (r.last_poll_at, r.next_poll_at, r.last_result, r.name, t, owner, t)
+                        for r, t in sorted(touched, key=lambda rt: rt[0].name)
+                    ],
+                )
+                if cur.rowcount != len(touched):  # lost their lease, or their row: find which
+                    lost = self._fenced_out(conn, [(r.name, t) for r, t in touched])
+                    refused |= lost
+                    unwritten = self._unwritten(conn, [r.name for r, _ in touched])
+                    whole += [r for r, _ in touched if r.name in unwritten - lost]
+            if whole:
+                conn.cursor().executemany(
+                    _UPSERT_SOURCE, [row_values(r) for r in sorted(whole, key=lambda r: r.name)]
+                )
+            written = [c for c in commits if c.upserts or c.deletes or c.events or c.history]
+            if written:
+                _write_polls(conn, written)
+        return refused
+
+    @staticmethod
+    def _unwritten(conn: psycopg.Connection[Any], names: Sequence[str]) -> set[str]:
+        # Sources missing, or still leased (a touch releases the lease it writes under).
+        found = dict(
+            conn.execute(
+                "SELECT name, lease_until FROM sources WHERE name = ANY(%s)", (list(names),)
+            ).fetchall()
+        )
+        return {n for n in names if n not in found or found[n] is not None}
+
+    def _fenced_out(
+        self, conn: psycopg.Connection[Any], leases: Sequence[tuple[str, int | None]]
+    ) -> set[str]:
+        # The polls whose lease is no longer the source's current one: another poll took the
+        # source since (this one's lease ran out meanwhile). Polls without a lease are not
+        # fenced. The rows stay locked until the commit, in name order (no deadlocks).
+        held = {name: token for name, token in leases if token is not None}
+        if not held:
+            return set()
+        current = {
+            name: (owner, token)
+            for name, owner, token in conn.execute(
+                "SELECT name, lease_owner, lease_token FROM sources WHERE name = ANY(%s) "
+                "ORDER BY name FOR UPDATE",
+                (sorted(held),),
+            )
+        }
+        return {name for name, token in held.items() if current.get(name) != (self.owner, token)}
+
+
+def _write_polls(conn: psycopg.Connection[Any], commits: list[PollCommit]) -> None:
+    # One statement of each kind for the whole batch, its rows as arrays: one round trip
+    # however many polls. Rows keep their order (WITH ORDINALITY ... ORDER BY), so deliveries
+    # still take ids in the order of their events.
+    upserts = [(c.row.name, *upsert) for c in commits for upsert in c.upserts]
+    if upserts:
+        conn.execute(
+            "INSERT INTO items (source, key, hash, content) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[]) "
+            "ON CONFLICT (source, key) DO UPDATE SET hash = excluded.hash, "
+            "content = excluded.content",
+            _columns(upserts, 4),
+        )
+    deletes = [(c.row.name, key) for c in commits for key in c.deletes]
+    if deletes:
+        conn.execute(
+            "DELETE FROM items i USING unnest(%s::text[], %s::text[]) AS d(source, key) "
+            "WHERE i.source = d.source AND i.key = d.key",
+            _columns(deletes, 2),
+        )
+    events = [ev for c in commits for ev in c.events]
+    if events:
+        conn.execute(
+            "INSERT INTO events (id, source, type, key, created_at, body) "
+            "SELECT id, source, type, key, created_at, body FROM unnest(%s::text[], "
+            "%s::text[], %s::text[], %s::text[], %s::float8[], %s::bytea[]) WITH ORDINALITY "
+            "AS e(id, source, type, key, created_at, body, n) ORDER BY n",
+            _columns(
+                [(ev.id, ev.source, ev.type, ev.key, ev.created_at, ev.body) for ev in events], 6
+            ),
+        )
+        deliveries = [
+            (ev.id, webhook, at)
+            for c in commits
+            for at in (c.row.last_poll_at or 0.0,)
+            for ev in c.events
+            for webhook in ev.webhooks
+        ]
+        if deliveries:
+            conn.execute(
+                "INSERT INTO deliveries (event_seq, webhook, source, status, next_attempt_at, "
+                "created_at, updated_at) "
+                "SELECT e.seq, d.webhook, e.source, 'pending', d.at, d.at, d.at "
+                "FROM unnest(%s::text[], %s::text[], %s::float8[]) WITH ORDINALITY "
+                "AS d(event_id, webhook, at, n) JOIN events e ON e.id = d.event_id ORDER BY d.n",
+                _columns(deliveries, 3),
+            )
+    history = [
+        (
+            c.row.name,
+            c.row.last_poll_at or 0.0,
+            c.result,
+            c.duration,
+            c.row.last_error,
+            len(c.events),
+        )
+        for c in commits
+        if c.history
+    ]
+    if history:
+        conn.execute(
+            "INSERT INTO polls (source, at, result, duration, error, events) "
+            "SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::float8[], "
+            "%s::text[], %s::int[])",
+            _columns(history, 6),
+        )
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as `width` column lists: the arrays of an unnest()."""
+    return [[r[i] for r in rows] for i in range(width)]

@@ -1,0 +1,388 @@
+"""What only the PostgreSQL backend promises, or promises under real concurrency: two states
+(two instances) claiming and leasing at the same moment from threads, dead instances, the
+schema's migration, and errors that never show the password.
+
+Each test gets a fresh schema (tests/state/conftest.py: `postgresql_url`), or a fresh database
+where it needs a whole one (`postgresql_database`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from bridge.config import load_config
+from bridge.errors import StateError
+from bridge.model import Finished, NewEvent, PollCommit, SourceRow
+from bridge.state import State, open_state, redact_location, state_exists
+from bridge.state.base import INSTANCE_TIMEOUT
+from bridge.state.postgresql.schema import SCHEMA_VERSION
+from tests.state.conftest import POSTGRESQL, drop_database
+
+NOW = 1_700_000_000.0
+T = TypeVar("T")
+
+
+@pytest.fixture
+def two(postgresql_url: str) -> Iterator[tuple[State, State]]:
+    """Two states on one database: two instances, as far as the database can tell."""
+    first, second = open_state(postgresql_url), open_state(postgresql_url)
+    yield first, second
+    second.close()
+    first.close()
+
+
+def enqueue(state: State, per_source: dict[str, int]) -> None:
+    """`n` events of each source, interleaved (s0, s1, ..., s0, s1, ...), each to webhook w."""
+    commits = []
+    for i in range(max(per_source.values())):
+        for source, n in per_source.items():
+            if i < n:
+                eid = f"evt_{source}_{i}"
+                ev = NewEvent(eid, source, "item.added", eid, NOW, b"{}", ("w",))
+                row = SourceRow(source, baselined=True, last_poll_at=NOW)
+                commits.append(PollCommit(row, "changed", 0.1, events=[ev]))
+    assert state.snapshots.commit_polls(commits) == set()
+
+
+def at_once(calls: list[Callable[[], T]]) -> list[T]:
+    """Run the calls in threads released together by a barrier; their results, in order."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+# --- per-source order across instances -------------------------------------------------------
+
+
+def test_states_claiming_side_by_side_never_hold_two_deliveries_of_one_source(
+    postgresql_url,
+) -> None:
+    # Three instances, each a thread that claims, "sends" for 2 ms and records the attempt, as
+    # fast as it can: without the per-source lock of the claim, two of them take different
+    # deliveries of one source within a few rounds (seen: 12 and 28 overlaps in 160).
+    states = [open_state(postgresql_url) for _ in range(3)]
+    sources = {f"s{i}": 40 for i in range(4)}
+    enqueue(states[0], sources)
+    total = sum(sources.values())
+    in_flight: dict[str, int] = {}  # source -> the delivery some instance is sending now
+    guard = threading.Lock()
+    overlaps: list[tuple[str, int, int]] = []
+    sent: dict[str, list[int]] = defaultdict(list)
+
+    def work(state: State) -> None:
+        while sum(len(ids) for ids in sent.values()) < total:
+            claimed = state.outbox.claim_due("w", NOW, 10, 30.0)
+            with guard:
+                for d in claimed:
+                    if d.source in in_flight:
+                        overlaps.append((d.source, in_flight[d.source], d.id))
+                    in_flight[d.source] = d.id
+            time.sleep(0.002)
+            with guard:  # out of the books before the commit that frees the source
+                for d in claimed:
+                    if in_flight.get(d.source) == d.id:
+                        del in_flight[d.source]
+                    sent[d.source].append(d.id)
+            state.outbox.finish_attempts(
+                [Finished(d.id, "delivered", NOW, 0.002, 204, None) for d in claimed]
+            )
+
+    try:
+        at_once([lambda s=s: work(s) for s in states])
+        assert overlaps == []
+        assert sorted(len(ids) for ids in sent.values()) == sorted(sources.values())
+        for ids in sent.values():
+            assert ids == sorted(ids)  # each source's deliveries went out oldest first
+        assert states[1].admin.delivery_counts() == {
+            "w": {"pending": 0, "delivered": total, "dead": 0}
+        }
+    finally:
+        for s in states:
+            s.close()
+
+
+def test_claims_at_once_split_different_sources_between_the_states(two) -> None:
+    first, second = two
+    enqueue(first, {f"s{i}": 1 for i in range(20)})
+    a, b = at_once([lambda s=s: s.outbox.claim_due("w", NOW, 20, 30.0) for s in (first, second)])
+    assert {d.id for d in a}.isdisjoint(d.id for d in b)  # no delivery claimed twice
+    assert len(a) + len(b) == 20  # and none left behind by the rows the other one locked
+
+
+# --- poll leases across instances ------------------------------------------------------------
+
+
+def test_states_leasing_at_once_are_granted_each_source_once(postgresql_url) -> None:
+    # Large enough batches that the three statements overlap: without the row locks of the
+    # grant (FOR UPDATE SKIP LOCKED), sources are granted twice here.
+    states = [open_state(postgresql_url) for _ in range(3)]
+    try:
+        for round_ in range(4):
+            names = [f"r{round_}_s{i}" for i in range(2000)]
+            # Stored rows with leases expired by NOW: no insert makes one grant wait for another.
+            assert len(states[0].coordination.lease_polls(names, NOW - 100, NOW - 50)) == 2000
+            grants = at_once(
+                [
+                    lambda s=s, asked=names[k:] + names[:k]: s.coordination.lease_polls(
+                        asked, NOW, NOW + 60
+                    )
+                    for k, s in zip((0, 700, 1400), states, strict=True)
+                ]
+            )
+            granted = [name for g in grants for name in g]
+            assert len(granted) == len(set(granted))  # nobody granted twice
+            assert set(granted) == set(names)
+    finally:
+        for s in states:
+            s.close()
+
+
+def test_a_dead_instances_leases_are_free_once_its_heartbeat_is_stale(two) -> None:
+    dead, alive = two
+    dead.coordination.register(NOW)
+    stale = dead.coordination.lease_polls(["s"], NOW, NOW + 3600)["s"]
+    dead.coordination.heartbeat(NOW + 10)
+    assert alive.coordination.lease_polls(["s"], NOW + 10 + INSTANCE_TIMEOUT - 1, NOW + 3600) == {}
+    taken = alive.coordination.lease_polls(["s"], NOW + 11 + INSTANCE_TIMEOUT, NOW + 3600)
+    assert set(taken) == {"s"}
+    # The dead one, woken up, cannot commit under its old lease.
+    late = PollCommit(SourceRow("s", baselined=True, last_poll_at=NOW), "changed", 0.1, lease=stale)
+    assert dead.snapshots.commit_polls([late]) == {"s"}
+    assert alive.snapshots.source_row("s") == SourceRow("s")
+
+
+def test_a_lease_of_an_owner_that_never_registered_lasts_until_it_expires(two) -> None:
+    once, daemon = two  # `bridge once` takes leases without registering
+    once.coordination.lease_polls(["s"], NOW, NOW + 100)
+    assert daemon.coordination.lease_polls(["s"], NOW + 99, NOW + 200) == {}
+    assert set(daemon.coordination.lease_polls(["s"], NOW + 101, NOW + 200)) == {"s"}
+
+
+def test_several_daemons_hold_one_database_and_see_each_other(two) -> None:
+    first, second = two
+    assert not first.coordination.daemon_running()
+    first.coordination.hold_daemon()
+    second.coordination.hold_daemon()  # no StateError: many instances share the database
+    assert first.coordination.daemon_running() and second.coordination.daemon_running()
+    first.coordination.release_daemon()
+    assert not second.coordination.daemon_running()
+    second.coordination.release_daemon()
+
+
+# --- generation --------------------------------------------------------------------------------
+
+
+def test_generation_ignores_this_states_own_writes(two) -> None:
+    first, second = two
+    seen = first.snapshots.generation()
+    enqueue(first, {"a": 1})
+    first.coordination.lease_polls(["b"], NOW, NOW + 60)
+    assert first.snapshots.generation() == seen  # its own rows are already in its cache
+    enqueue(second, {"c": 1})
+    assert first.snapshots.generation() != seen
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+def test_one_instance_trims_at_a_time(postgresql_url) -> None:
+    from bridge.state.postgresql.admin import TRIM_LOCK
+
+    state = open_state(postgresql_url)
+    try:
+        enqueue(state, {"a": 1})
+        [d] = state.outbox.claim_due("w", NOW, 1, 30.0)
+        state.outbox.finish_attempts([Finished(d.id, "delivered", NOW, 0.01, 204, None)])
+        with psycopg.connect(postgresql_url, autocommit=True) as other:  # another's pass
+            other.execute("SELECT pg_advisory_lock(%s)", (TRIM_LOCK,))
+            assert state.admin.trim(NOW + 10) == 0
+            assert len(state.admin.events()) == 1
+            other.execute("SELECT pg_advisory_unlock(%s)", (TRIM_LOCK,))
+            assert state.admin.trim(NOW + 10) == 4  # event, delivery, attempt, poll
+        assert state.admin.events() == [] and state.admin.deliveries() == []
+    finally:
+        state.close()
+
+
+# --- the schema --------------------------------------------------------------------------------
+
+
+def _version(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT version FROM schema_version").fetchall()
+
+
+def test_an_empty_schema_is_migrated_once_and_reopening_changes_nothing(postgresql_url) -> None:
+    assert not state_exists(postgresql_url)
+    with pytest.raises(StateError, match="no bridge state in this database yet"):
+        open_state(postgresql_url, create=False)
+    state = open_state(postgresql_url)
+    enqueue(state, {"a": 2})
+    state.close()
+    assert state_exists(postgresql_url)
+    assert _version(postgresql_url) == [(SCHEMA_VERSION,)]
+    again = open_state(postgresql_url, create=False)
+    try:
+        assert _version(postgresql_url) == [(SCHEMA_VERSION,)]
+        assert len(again.admin.events()) == 2
+    finally:
+        again.close()
+
+
+def test_instances_starting_at_once_on_an_empty_schema_all_open_it(postgresql_url) -> None:
+    states = at_once([lambda: open_state(postgresql_url)] * 4)
+    try:
+        assert _version(postgresql_url) == [(SCHEMA_VERSION,)]
+        enqueue(states[0], {"a": 1})
+        assert [len(s.admin.events()) for s in states] == [1, 1, 1, 1]
+    finally:
+        for s in states:
+            s.close()
+
+
+def test_an_older_schema_is_brought_up_and_keeps_its_rows(postgresql_url) -> None:
+    open_state(postgresql_url).close()
+    state = open_state(postgresql_url)
+    enqueue(state, {"a": 1})
+    state.close()
+    with psycopg.connect(postgresql_url) as conn:  # as a schema from before these tables
+        conn.execute("DROP TABLE instances, writes")
+        conn.execute("UPDATE schema_version SET version = 0")
+    state = open_state(postgresql_url)
+    try:
+        assert _version(postgresql_url) == [(SCHEMA_VERSION,)]
+        assert [e["source"] for e in state.admin.events()] == ["a"]
+        state.coordination.register(NOW)  # the new table is there
+        enqueue(state, {"b": 1})
+    finally:
+        state.close()
+
+
+def test_a_newer_schema_is_refused(postgresql_url) -> None:
+    open_state(postgresql_url).close()
+    with psycopg.connect(postgresql_url) as conn:
+        conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StateError, match=f"schema {SCHEMA_VERSION + 1} is newer"):
+        open_state(postgresql_url)
+
+
+# --- errors, health --------------------------------------------------------------------------
+
+PASSWORD = "s3cret-pw"
+
+
+def _one_line_without_password(message: str) -> None:
+    assert "\n" not in message and PASSWORD not in message
+
+
+def test_an_unreachable_server_is_one_line_without_the_password() -> None:
+    url = f"postgresql://bob:{PASSWORD}@127.0.0.1:1/bridge"
+    with pytest.raises(StateError) as caught:
+        open_state(url)
+    message = str(caught.value)
+    _one_line_without_password(message)
+    assert message.startswith("postgresql://bob:***@127.0.0.1:1/bridge: cannot connect: ")
+    assert "Connection refused" in message
+    with pytest.raises(StateError) as caught:
+        state_exists(url)
+    _one_line_without_password(str(caught.value))
+
+
+def test_a_missing_database_is_one_line_without_the_password() -> None:
+    server = POSTGRESQL.replace("postgres@", f"postgres:{PASSWORD}@")
+    with pytest.raises(StateError) as caught:
+        open_state(f"{server}/bridge_no_such_db?password={PASSWORD}")
+    message = str(caught.value)
+    _one_line_without_password(message)
+    assert 'database "bridge_no_such_db" does not exist' in message
+    assert "postgres:***@" in message and "password=***" in message
+
+
+def test_a_dropped_database_is_not_writable_and_its_failed_write_is_the_problem(
+    postgresql_database,
+) -> None:
+    state = open_state(postgresql_database)
+    try:
+        assert state.writable() and state.problem() is None
+        drop_database(postgresql_database)
+        assert state.writable() is False
+        with pytest.raises(StateError):
+            enqueue(state, {"a": 1})
+        problem = state.problem()
+        assert problem is not None and problem.startswith(postgresql_database)
+    finally:
+        state.close()
+
+
+def test_redact_location_hides_the_password_and_leaves_paths_alone() -> None:
+    assert redact_location("postgres://u:p%40ss@db:5432/b?sslmode=require") == (
+        "postgres://u:***@db:5432/b?sslmode=require"
+    )
+    assert redact_location("postgresql://u@db/b?password=x&application_name=a") == (
+        "postgresql://u@db/b?password=***&application_name=a"
+    )
+    assert redact_location("postgresql:///b") == "postgresql:///b"
+    assert redact_location("/var/lib/bridge/postgresql:x.db") == "/var/lib/bridge/postgresql:x.db"
+
+
+def test_a_postgresql_state_in_the_config_is_kept_as_given_with_env_filled_in(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text("state: postgresql://bridge:${PGPASSWORD}@db.internal/bridge\nsources: []\n")
+    config = load_config(path, {"PGPASSWORD": PASSWORD})
+    assert config.state == f"postgresql://bridge:{PASSWORD}@db.internal/bridge"
+    path.write_text("state: postgres://db.internal/bridge\nsources: []\n")
+    assert load_config(path, {}).state == "postgres://db.internal/bridge"
+    path.write_text("state: data/bridge.db\nsources: []\n")
+    assert load_config(path, {}).state == str(tmp_path / "data" / "bridge.db")
+
+
+def test_a_urls_search_path_is_kept_and_the_state_lives_in_that_schema(
+    postgresql_database,
+) -> None:
+    with psycopg.connect(postgresql_database, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA bridge")
+    url = f"{postgresql_database}?options=-csearch_path%3Dbridge"
+    state = open_state(url)
+    try:
+        enqueue(state, {"a": 1})
+        assert state.writable()
+    finally:
+        state.close()
+    with psycopg.connect(postgresql_database) as conn:
+        assert conn.execute("SELECT count(*) FROM bridge.events").fetchone() == (1,)
+    assert not state_exists(postgresql_database)  # the public schema holds no state
+    assert state_exists(url)
+
+
+def test_a_url_libpq_cannot_read_is_one_line_without_the_password() -> None:
+    with pytest.raises(StateError) as caught:
+        open_state(f"postgresql://u:{PASSWORD}@db/bridge?bogus=1")
+    assert str(caught.value) == "postgresql://u:***@db/bridge?bogus=1: not a usable PostgreSQL URL"
+    with pytest.raises(StateError, match="not a usable PostgreSQL URL"):
+        state_exists(f"postgresql://u:{PASSWORD}@db/bridge?bogus=1")
