@@ -29,9 +29,12 @@ class ConfigError(BridgeError):
 class SourceError(BridgeError):
     """A poll failed: connection, timeout, HTTP status, bad body, or an items expression."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None):
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = None
+    ):
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status  # the HTTP status that failed the poll, when one did (a 401)
 
 
 class DeliveryError(BridgeError):

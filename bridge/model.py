@@ -62,7 +62,10 @@ class SourceSpec:
     max_bytes: int
     webhooks: tuple[str, ...]
     ignore: tuple[str, ...]
+    tz: str | None = None  # the cron line's time zone (an IANA name); None: UTC
     options: Mapping[str, Any] = field(default_factory=dict)
+    when: str | None = None  # a Jinja2 expression: a change event it is false for is not sent
+    confirm: int = 1  # how many successful polls in a row must see a change before it is sent
     # Where it is written: no part of what it is, so a reload that finds a comment added above
     # it, or the file named another way, finds no change.
     file: str = field(default="", compare=False)
@@ -145,6 +148,9 @@ class PollCommit:
     events: list[NewEvent] = field(default_factory=list)
     history: bool = True  # whether to keep a polls row (unchanged polls are not kept)
     lease: int | None = None  # the poll lease it ran under, which fences its commit
+    # The source's changes waiting for `confirm:` after this poll, key -> (candidate hash, polls
+    # in a row that saw it), replacing the stored ones; None: they stay as stored.
+    confirmations: dict[str, tuple[str, int]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ Every test runs the real program in a subprocess against real local servers and 
 from __future__ import annotations
 
 import os
-import pty
 import re
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from tests.conftest import (
     bridge_config,
     http_source,
     run_cli,
+    run_on_a_terminal,
     webhook,
 )
 
@@ -173,27 +173,6 @@ def rendered(raw: bytes) -> list[str]:
                 cursor += len(piece)
         lines.append("".join(line))
     return lines
-
-
-def run_on_a_terminal(*args: str) -> tuple[int, bytes]:
-    """Run `bridge ARGS` with stderr on a pseudo-terminal; its exit code and what it wrote."""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge", *args],
-        stdout=subprocess.DEVNULL, stderr=follower, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    os.close(follower)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
-    return proc.wait(timeout=60), seen
 
 
 def test_a_log_line_never_lands_on_the_progress_line(write_config, origin) -> None:

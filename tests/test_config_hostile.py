@@ -5,7 +5,6 @@ neither freeze the daemon nor see changes where there are none."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ from bridge.config import ConfigProblems, load_config
 from bridge.errors import ConfigError
 from bridge.sources import registry
 from bridge.sources.base import Fetched, FetchState, Option, Source
-from tests.conftest import Origin, bridge_config, http_source, run_cli, wait_for, webhook
+from tests.conftest import Origin, bridge_config, free_port, http_source, run_cli, wait_for, webhook
 
 
 def write(tmp_path: Path, text: str, name: str = "bridge.yaml") -> Path:
@@ -340,12 +339,6 @@ def test_check_prints_every_problem_and_how_many(tmp_path: Path) -> None:
 
 
 # --- the daemon: a reload never freezes it, and sees no change where there is none ------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def daemon_config(origin: Origin, port: int, comment: str = "") -> str:

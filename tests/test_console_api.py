@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from tests.conftest import (
     Receiver,
     async_wait_for,
     bridge_config,
+    free_port,
     http_source,
     run_cli,
     webhook,
@@ -39,12 +39,6 @@ TOKEN = "console-token-4f9a1c"
 URL_PASSWORD = "hunter2pw"
 URL_KEY = "sekritkey"
 ENV = {**os.environ, "HOOK_SECRET": SECRET}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def polled(name: str, url: str, **options: Any) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -26,6 +25,7 @@ from tests.conftest import (
     Origin,
     Receiver,
     bridge_config,
+    free_port,
     http_source,
     wait_for,
     webhook,
@@ -74,12 +74,6 @@ def page(browser: Browser, tmp_path: Path) -> Iterator[Page]:
     yield p
     context.close()
     assert errors == []  # the console's script never threw
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def polled(name: str, url: str, **options: Any) -> dict[str, Any]:

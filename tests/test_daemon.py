@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import random
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from bridge.model import Finished, NewEvent, PollCommit
 from bridge.polling.keys import storage_key
@@ -250,10 +252,45 @@ def test_missing_state_directory_is_one_line(write_config, origin, receiver) -> 
     assert result.code == 1 and "nowhere" in result.stderr and "Traceback" not in result.stderr
 
 
+def renderers_of(pid: int) -> list[int]:
+    """Live processes started by `pid` (parent still `pid`) or renderer workers serving it
+    (bridge/templates/child.py gets the daemon's pid as its first argument): once `pid` is
+    gone, its orphans are someone else's children, so the workers are found by argument."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("State", "").startswith(("Z", "X")):
+            continue  # dead, only not yet reaped
+        # python -P -c CODE ROOT PARENT_PID ...: CODE imports bridge.templates.child
+        worker = argv[1:3] == [b"-P", b"-c"] and b"bridge.templates.child" in argv[3]
+        if fields.get("PPid", "").strip() == str(pid) or (
+            worker and argv[5:6] == [str(pid).encode()]
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+SECRET_A = "whsec_" + base64.b64encode(b"a" * 24).decode()
+SECRET_B = "whsec_" + base64.b64encode(b"b" * 24).decode()
+
+
 def test_kill_9_loses_no_change(write_config, origin: Origin, receiver: Receiver) -> None:
-    """Kill the daemon at random moments while the origin changes and deliveries are slow."""
+    """Kill the daemon at random moments while the origin changes and deliveries are slow: a
+    plain webhook, one with a body template (rendered in worker processes, which must die with
+    the daemon) and one signing with two secrets all get every committed event."""
     rng = random.Random(7)
-    receiver.delay = 0.15
+    receivers = {"hook": receiver, "templated": Receiver(), "rotated": Receiver()}
+    for r in receivers.values():
+        r.delay = 0.15
+        if r is not receiver:
+            r.server.start()
     names = [f"s{i}" for i in range(3)]
     versions = {n: {k: 0 for k in range(4)} for n in names}
 
@@ -262,59 +299,136 @@ def test_kill_9_loses_no_change(write_config, origin: Origin, receiver: Receiver
 
     for n in names:
         publish(n)
-    sources = [polled(n, origin.url(f"/{n}"), every="300ms") for n in names]
-    path = write_config(bridge_config(*sources, grace="10s", webhooks=hook(receiver)))
+    sources = [polled(n, origin.url(f"/{n}"), every="300ms", webhooks=[*receivers]) for n in names]
+    body = {"type": "{{ type }}", "source": "{{ data.source }}", "v": "{{ data.after.v }}"}
+    webhooks = {
+        # timeout 1s: a delivery in flight at the last kill waits out its lease (timeout + 30s)
+        **hook(receiver, timeout="1s"),
+        **hook(receivers["templated"], "templated", timeout="1s", body=body),
+        "rotated": {
+            **hook(receivers["rotated"], timeout="1s")["hook"],
+            "secret": [SECRET_A, SECRET_B],
+        },
+    }
+    path = write_config(bridge_config(*sources, grace="10s", webhooks=webhooks))
     kills = 0
-    for _ in range(8):
-        proc = start(path)
-        deadline = time.monotonic() + rng.uniform(0.8, 2.0)
-        while time.monotonic() < deadline:
-            name = rng.choice(names)
-            versions[name][rng.randrange(4)] += 1
-            publish(name)
-            time.sleep(rng.uniform(0.05, 0.3))
-        proc.kill()
-        proc.communicate(timeout=10)
-        kills += 1
-
-    # A last clean run: everything the origin now says is detected and every event delivered.
-    receiver.delay = 0
-    proc = start(path)
+    workers_seen: set[int] = set()
     try:
+        for _ in range(8):
+            proc = start(path)
+            deadline = time.monotonic() + rng.uniform(0.8, 2.0)
+            while time.monotonic() < deadline:
+                name = rng.choice(names)
+                versions[name][rng.randrange(4)] += 1
+                publish(name)
+                time.sleep(rng.uniform(0.05, 0.3))
+            workers_seen.update(renderers_of(proc.pid))
+            proc.kill()
+            proc.communicate(timeout=10)
+            kills += 1
+            # The kernel kills the renderer workers (parent-death signal); no orphan is left.
+            wait_for(lambda pid=proc.pid: not renderers_of(pid), timeout=5)
+        assert workers_seen  # the templated webhook did start renderer workers to kill
 
-        def settled() -> bool:
-            with state_of(path) as state:
-                counts = state.admin.delivery_counts().values()
-                pending = sum(c["pending"] + c["dead"] for c in counts)  # not delivered
-                stored = {
-                    (s, k): item["v"]
-                    for s in state.snapshots.source_rows()
-                    for k, item in state.snapshots.item_contents(
-                        s, list(state.snapshots.item_hashes(s))
-                    ).items()
-                }
-            wanted = {(n, storage_key(k)): v for n in names for k, v in versions[n].items()}
-            return pending == 0 and stored == wanted
+        # A last clean run: everything the origin now says is detected and every event delivered.
+        for r in receivers.values():
+            r.delay = 0
+        proc = start(path)
+        try:
 
-        wait_for(settled, timeout=40, interval=0.2)
+            def settled() -> bool:
+                with state_of(path) as state:
+                    counts = state.admin.delivery_counts().values()
+                    pending = sum(c["pending"] + c["dead"] for c in counts)  # not delivered
+                    stored = {
+                        (s, k): item["v"]
+                        for s in state.snapshots.source_rows()
+                        for k, item in state.snapshots.item_contents(
+                            s, list(state.snapshots.item_hashes(s))
+                        ).items()
+                    }
+                wanted = {(n, storage_key(k)): v for n in names for k, v in versions[n].items()}
+                return pending == 0 and stored == wanted
+
+            wait_for(settled, timeout=45, interval=0.2)
+        finally:
+            code, err = stop(proc)
+        assert code == 0, err
     finally:
-        code, err = stop(proc)
-    assert code == 0, err
+        for r in receivers.values():
+            if r is not receiver:
+                r.server.stop()
 
     with state_of(path) as state:
         event_ids = {e["id"] for e in state.admin.events(limit=1_000_000)}
-    received = [r.headers["webhook-id"] for r in receiver.received]
-    for r in receiver.received:
-        Webhook(SECRET).verify(r.body, r.headers)
-    assert event_ids and set(received) == event_ids  # every committed change went out
-    duplicates = len(received) - len(set(received))
-    assert duplicates <= kills * 2  # only what was in flight at a kill (concurrency 2)
+    assert event_ids
+    for name, r in receivers.items():
+        received = [x.headers["webhook-id"] for x in r.received]
+        assert set(received) == event_ids, name  # every committed change went out, to each
+        duplicates = len(received) - len(set(received))
+        assert duplicates <= kills * 2, name  # only what was in flight at a kill (concurrency 2)
+    for x in receiver.received + receivers["templated"].received:
+        Webhook(SECRET).verify(x.body, x.headers)
+    for x in receivers["rotated"].received:  # signed with each: both old and new key verify
+        Webhook(SECRET_A).verify(x.body, x.headers)
+        Webhook(SECRET_B).verify(x.body, x.headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(SECRET).verify(x.body, x.headers)
+    # The template's body, not the envelope, went to `templated`, rendered over the event.
+    by_id = {x.headers["webhook-id"]: x.json for x in receiver.received}
+    for x in receivers["templated"].received:
+        e = by_id[x.headers["webhook-id"]]
+        assert x.json == {
+            "type": e["type"],
+            "source": e["data"]["source"],
+            "v": str(e["data"]["after"]["v"]),
+        }
     # The receiver can rebuild the origin's final state from the latest `after` of each key.
     latest: dict[tuple[str, int], int] = {}
     for e in sorted(receiver.events(), key=lambda e: e["timestamp"]):
         latest[(e["data"]["source"], e["data"]["key"])] = e["data"]["after"]["v"]
     changed = {(n, k): v for n in names for k, v in versions[n].items() if v > 0}
     assert {k: latest[k] for k in changed} == changed
+
+
+def test_kill_9_mid_rendering_leaves_no_renderer(write_config, origin, receiver) -> None:
+    """A worker busy with a runaway body template when the daemon is killed dies with it (its
+    parent-death signal): an idle one would exit anyway, on its closed stdin."""
+    runaway = "{% for a in range(10000) %}{% for b in 'x' * 1000000 %}{% endfor %}{% endfor %}"
+    origin.set("/a", [{"id": 1}])
+    path = write_config(
+        bridge_config(
+            polled("a", origin.url("/a"), every="300ms"),
+            grace="10s",
+            webhooks=hook(receiver, body={"text": runaway}),
+        )
+    )
+    proc = start(path)
+    try:
+        wait_for(lambda: len(origin.hits("/a")) >= 1, timeout=15)
+        origin.set("/a", [{"id": 1}, {"id": 2}])  # an event: its rendering never ends in time
+
+        def rendering() -> bool:
+            # A worker costs ~0.1 s of CPU to start and none idle: one running with 0.4 s
+            # spent is mid-rendering.
+            for pid in renderers_of(proc.pid):
+                with contextlib.suppress(OSError):
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                    if fields[0] == "R" and cpu >= 0.4:
+                        return True
+            return False
+
+        wait_for(rendering, timeout=30, interval=0.05)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+    try:
+        wait_for(lambda: not renderers_of(proc.pid), timeout=5)
+    finally:  # a survivor would render on for minutes: not past this test
+        for pid in renderers_of(proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_once_beside_the_daemon_leaves_delivering_to_it(write_config, origin, receiver) -> None:

@@ -4,16 +4,12 @@ the cron line and the systemd unit, each as a user meets them."""
 from __future__ import annotations
 
 import os
-import pty
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +23,11 @@ from tests.conftest import (
     STDOUT,
     Origin,
     bridge_config,
+    free_port,
+    get,
     http_source,
     run_cli,
+    run_on_a_terminal,
     wait_for,
     webhook,
 )
@@ -47,22 +46,6 @@ def api_source(url: str, every: str, first: str = "baseline") -> dict[str, Any]:
     """The polled API, `api`, behind the bearer token $API_TOKEN, sending to `hook`."""
     options = {"items": "@", "key": "id", "every": every, "jitter": "0s", "on_first_poll": first}
     return http_source("api", url, auth={"bearer": "${API_TOKEN}"}, **options, webhooks=["hook"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(url: str, timeout: float = 10) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -264,24 +247,8 @@ def test_once_shows_progress_on_a_terminal(write_config, origin) -> None:
     origin.set("/items", [{"id": 1}])
     sources = [http_source(f"s{i}", origin.url("/items")) for i in range(12)]
     path = write_config(bridge_config(*sources, state=None))
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "once", "-c", str(path)],
-        stdout=subprocess.DEVNULL, stderr=follower, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    os.close(follower)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
-    proc.wait(timeout=30)
-    assert proc.returncode == 0
+    code, seen = run_on_a_terminal("once", "-c", str(path))
+    assert code == 0
     assert b"polling: 12/12 sources" in seen
     assert b"polled 12 sources (12 new); 0 events" in seen
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.config import load_config
 from bridge.templates import render_body
@@ -126,6 +128,17 @@ COOKBOOK_ENV = {
     "GHES_TOKEN": "ghp_enterprise",
     "OPS_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "CHAT_WEBHOOK_URL": "https://chat.example.com/hooks/T000/B000",
+    "SHOP_CLIENT_SECRET": "shop-secret",
+    # the GitHub App recipe's key: check reads it, so it must be a real RSA key (on one line,
+    # its line breaks written \n, as an environment variable may hold it)
+    "GITHUB_APP_KEY": rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    .private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    .decode()
+    .replace("\n", "\\n"),
 }
 RELEASE = orjson.loads(
     (README.parent / "tests/fixtures/octokit/release-assets/normalized-fixture.json").read_bytes()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from tests.conftest import (
     Receiver,
     bridge_config,
     engine_for,
+    free_port,
     http_source,
     run_cli,
     wait_for,
@@ -311,12 +311,6 @@ async def test_a_receiver_answering_429_with_retry_after_0_does_not_spend_the_sc
 
 
 # --- a real daemon -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def children_of(pid: int) -> set[int]:

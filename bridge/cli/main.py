@@ -210,6 +210,14 @@ def status(config_path: str | None, as_json: bool) -> int:
         if not w["configured"]:
             w["name"] += " (not in the config)"
     print_table(webhooks, ["name", "pending", "delivered", "dead"])
+    for w in webhooks:
+        rate = config.webhooks[w["name"]].rate if w["configured"] else None
+        if rate is not None and w["pending"]:
+            seconds = w["pending"] / rate.per_second
+            click.echo(
+                f"  {w['name']}: {w['pending']:,} pending; at {rate} drained in about "
+                f"{_two_units(seconds)}"
+            )
     for name in waiting:
         click.echo(
             f"  {name}: its pending deliveries wait for it to be back in the config; "
@@ -218,6 +226,17 @@ def status(config_path: str | None, as_json: bool) -> int:
     if not running:
         click.echo("\n(no `bridge run` is using this state file)")
     return EXIT_OK
+
+
+def _two_units(seconds: float) -> str:
+    """A length of time in its two largest units: 1m40s, 2h5m, 45s."""
+    whole = max(round(seconds), 1)
+    units = (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1))
+    for big, size, small, unit in units:
+        if whole >= size:
+            rest = (whole % size) // unit
+            return f"{whole // size}{big}" + (f"{rest}{small}" if rest else "")
+    return f"{whole}s"
 
 
 @main.command()

@@ -13,14 +13,14 @@ from typing import Any, Literal
 
 from bridge.config.problems import Located, raise_all
 from bridge.config.specs import SourceReader
-from bridge.config.units import check_url, format_duration, parse_listen
+from bridge.config.units import Rate, check_url, format_duration, parse_listen, parse_rate
 from bridge.config.yamldoc import MAX_BYTES, Doc, KeyPath
 from bridge.errors import ConfigError
 from bridge.model import SourceSpec
 
 TOP_KEYS = ("state", "retention", "grace", "http", "defaults", "webhooks", "sources")
 HTTP_KEYS = ("listen", "per_host", "token")
-WEBHOOK_KEYS = ("url", "secret", "headers", "timeout", "retry", "concurrency", "body")
+WEBHOOK_KEYS = ("url", "secret", "headers", "timeout", "retry", "concurrency", "rate", "body")
 WEBHOOK_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 # "required": every ${NAME} must be set (what polls and deliveries need). "placeholder": one left
 # unset in a secret (a webhook's url, secret or headers, a source's token, auth, headers, url...)
@@ -40,6 +40,7 @@ class WebhookSpec:
     timeout: float = 15.0
     retry: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
     concurrency: int = 4
+    rate: Rate | None = None  # at most so many requests started per second or minute
     body: Any = None  # a template mapping sent instead of the envelope, or None
     line: int | None = field(default=None, compare=False)  # where it is written is no change
 
@@ -131,7 +132,7 @@ def redacted(config: Config) -> list[dict[str, str]]:
         {
             "name": spec.name,
             "kind": spec.kind,
-            "schedule": f"cron {spec.cron}"
+            "schedule": f"cron {spec.cron}" + (f" ({spec.tz})" if spec.tz else "")
             if spec.cron is not None
             else f"every {format_duration(spec.every or 0)}",
             "webhooks": ", ".join(spec.webhooks) or "-",
@@ -274,6 +275,7 @@ class _Builder(SourceReader):
             "timeout": self.duration,
             "retry": self.retry,
             "concurrency": self.integer,
+            "rate": lambda value, at: self.parsed(parse_rate, value, at),
             "body": self.body,
         }
         for key, read in readers.items():
@@ -292,6 +294,7 @@ class _Builder(SourceReader):
             timeout=values.get("timeout", 15.0),
             retry=values.get("retry", WebhookSpec.retry),
             concurrency=values.get("concurrency", 4),
+            rate=values.get("rate"),
             body=values.get("body"),
             line=self.doc.line(path, at_key=True),
         )

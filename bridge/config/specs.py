@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bridge.config.units import cron_to_apscheduler, parse_jitter, short
+from bridge.config.units import cron_to_apscheduler, parse_jitter, parse_timezone, short
 from bridge.config.values import LINE_BREAK, ValueReader, suggest
 from bridge.config.yamldoc import Doc, KeyPath
 from bridge.errors import ConfigError
@@ -19,13 +19,14 @@ if TYPE_CHECKING:  # the plugin API imports the HTTP client: `bridge --help` nee
     from bridge.sources.base import Source
 
 COMMON_KEYS = (
-    "every", "cron", "jitter", "timeout", "on", "on_first_poll",
-    "alert_after", "max_bytes", "webhooks", "ignore",
+    "every", "cron", "tz", "jitter", "timeout", "on", "on_first_poll",
+    "alert_after", "max_bytes", "webhooks", "ignore", "when", "confirm",
 )  # fmt: skip
 SOURCE_KEYS = ("name", "kind", *COMMON_KEYS)
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "every": 300.0,
     "cron": None,
+    "tz": None,  # UTC
     "jitter": ("%", 0.10),
     "timeout": 10.0,
     "on": None,
@@ -34,6 +35,8 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "max_bytes": 10 * 1024 * 1024,
     "webhooks": (),
     "ignore": (),
+    "when": None,
+    "confirm": 1,
 }
 # Values of these plugin option names are secrets whatever the plugin declares; a URL may carry
 # credentials too (user:password@, a key in the query).
@@ -64,6 +67,10 @@ class SourceReader(ValueReader):
                 raise self.err(path, 'must be a crontab string such as "*/5 * * * *"')
             self.parsed(cron_to_apscheduler, value, path)
             return " ".join(value.split())
+        if key == "tz":
+            if not isinstance(value, str):
+                raise self.err(path, "must be a time zone name such as Europe/Berlin")
+            return self.parsed(parse_timezone, value, path)
         if key == "jitter":
             return self.parsed(parse_jitter, value, path)
         if key == "on":
@@ -82,6 +89,10 @@ class SourceReader(ValueReader):
             return None if value is None else self.integer(value, path)
         if key == "max_bytes":
             return self.size(value, path)
+        if key == "when":
+            return self.parsed(check_expression, value, path)
+        if key == "confirm":
+            return self.integer(value, path)
         if key == "webhooks":
             names = self.strings(value, path)
             for name, at in names:
@@ -169,6 +180,10 @@ class SourceReader(ValueReader):
             self.errors.append(
                 self.err((*path, "cron"), "give every: or cron:, not both", at_key=True)
             )
+        has_cron = "cron" in common or ("cron" in defaults and "every" not in common)
+        if "tz" in common and not has_cron:
+            problem = "tz: is the time zone of a cron: line; this source has no cron:"
+            self.errors.append(self.err((*path, "tz"), problem, at_key=True))
         options = self.options(cls, raw, path, defaults)
         if len(self.errors) > found:
             return None
@@ -210,6 +225,7 @@ class SourceReader(ValueReader):
             kind=kind,
             every=every,
             cron=common["cron"],
+            tz=common["tz"] if common["cron"] is not None else None,
             jitter=jitter,
             timeout=common["timeout"],
             on=common["on"],
@@ -219,6 +235,8 @@ class SourceReader(ValueReader):
             webhooks=common["webhooks"],
             ignore=common["ignore"],
             options=options,
+            when=common["when"],
+            confirm=common["confirm"],
             file=str(self.path),  # absolute, as every reload reads it
             line=self.doc.line(path),
         )
@@ -230,10 +248,15 @@ class SourceReader(ValueReader):
         options: dict[str, Any] = {}
         origins: dict[str, KeyPath] = {}
         found = len(self.errors)
+        displaced = (
+            {k for own, keys in cls.displaces.items() if raw.get(own) is not None for k in keys}
+            if cls.displaces
+            else ()
+        )
         for key, opt, secret in self.declared(cls):
             if raw.get(key) is not None:
                 value, at = raw[key], (*path, key)
-            elif defaults.get(key, (None,))[0] is not None:
+            elif key not in displaced and defaults.get(key, (None,))[0] is not None:
                 value, at = _own_copy(defaults[key][0]), defaults[key][1]
             elif opt.required:
                 at = (*path, key) if key in raw else path
@@ -322,6 +345,21 @@ class SourceReader(ValueReader):
             shown = isinstance(value, str) and not (opt.secret or secret)
             raise self.err(path, f"{value!r} {problem}" if shown else problem)
         return value
+
+
+def check_expression(value: Any) -> str:
+    """A `when:` expression, compiled as polls compile it; ValueError with the reason if bad."""
+    from jinja2 import TemplateSyntaxError
+
+    from bridge.templates import compile_expression
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError('must be a Jinja2 expression, e.g. "after.price < before.price"')
+    try:
+        compile_expression(value)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"invalid expression: {exc.message}") from None
+    return value
 
 
 def _is_secret(name: str, opt: Option) -> bool:

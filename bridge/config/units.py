@@ -7,7 +7,7 @@ import binascii
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
@@ -86,6 +86,37 @@ def parse_jitter(value: Any) -> tuple[str, float]:
             raise ValueError("jitter must be between 0% and 100%")
         return ("%", percent / 100)
     return ("s", parse_duration(value))
+
+
+class Rate(NamedTuple):
+    """A webhook's `rate:`: at most `requests` requests started in any `per` seconds."""
+
+    requests: int
+    per: float  # 1.0 or 60.0
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{'s' if self.per == 1.0 else 'm'}"
+
+    @property
+    def per_second(self) -> float:
+        """The sustained rate in requests per second."""
+        return self.requests / self.per
+
+
+_RATE_RE = re.compile(r"^\s*(\d{1,9})\s*/\s*(s|m)\s*$")
+
+
+def parse_rate(value: Any) -> Rate:
+    """`10/s` or `600/m`: a count of at least 1 per second or per minute."""
+    match = _RATE_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(
+            f"must be a count per second or minute such as 10/s or 600/m, not {short(value)}"
+        )
+    count = int(match[1])
+    if count < 1:
+        raise ValueError("must allow at least 1 request")
+    return Rate(count, 1.0 if match[2] == "s" else 60.0)
 
 
 def parse_listen(value: Any) -> tuple[str, int]:
@@ -246,14 +277,37 @@ def cron_to_apscheduler(expr: str) -> dict[str, str]:
             kwargs[name] = "*"
         else:
             kwargs[name] = ",".join(str(v) for v in sorted(values))
-    # crontab fires when EITHER restricted day field matches; one CronTrigger can only AND them
-    if not fields[2].startswith("*") and not fields[4].startswith("*"):
-        raise ValueError(
-            "cron restricting both day-of-month and day-of-week is not supported "
-            "(crontab ORs them); use one of the two"
-        )
     _check_with_apscheduler(kwargs)
     return kwargs
+
+
+def cron_schedules(expr: str) -> list[dict[str, str]]:
+    """The CronTrigger kwargs whose union is a crontab line: one, or two when both day fields
+    are restricted.
+
+    crontab fires when EITHER restricted day field matches (a field starting with `*` counts
+    as unrestricted, as in Vixie cron), and one CronTrigger ANDs its fields: the scheduler
+    takes the earlier fire time of a trigger with the day-of-month and one with the day-of-week.
+    """
+    kwargs = cron_to_apscheduler(expr)
+    text = _CRON_MACROS.get(expr.strip().lower(), expr)
+    fields = text.split()
+    if fields[2].startswith("*") or fields[4].startswith("*"):
+        return [kwargs]
+    return [{**kwargs, "day_of_week": "*"}, {**kwargs, "day": "*"}]
+
+
+def parse_timezone(value: str) -> str:
+    """A `tz:` value: an IANA zone name zoneinfo knows, such as Europe/Berlin."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r} (an IANA name such as Europe/Berlin or UTC)"
+        ) from None
+    return value
 
 
 def _check_with_apscheduler(kwargs: dict[str, str]) -> None:

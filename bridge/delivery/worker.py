@@ -4,7 +4,9 @@ concurrency, and records the outcomes. The dispatcher (dispatcher.py) owns the w
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import logging
 import sys
 import time
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TextIO
 
 from bridge.config import WebhookSpec
+from bridge.config.units import Rate
 from bridge.delivery.policy import Outcome, decide
 from bridge.delivery.signing import request_headers
 from bridge.errors import BridgeError, DeliveryError
@@ -35,6 +38,37 @@ IDLE_RECHECK = 2.0
 
 
 Observer = Callable[[str, str], None]  # (webhook, result) for metrics
+
+
+class StartWindow:
+    """A webhook's `rate:`: at most `requests` attempts started in any `per` seconds.
+
+    A sliding window of the last starts rather than a token bucket: a full bucket lets a burst
+    of its size and then its refill through in one second, twice the rate; a window never does.
+    """
+
+    def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.clock = clock
+        self._starts: collections.deque[float] = collections.deque()
+
+    def allowance(self) -> int:
+        """How many attempts may start now."""
+        starts, since = self._starts, self.clock() - self.rate.per
+        while starts and starts[0] <= since:
+            starts.popleft()
+        return self.rate.requests - len(starts)
+
+    def wait(self) -> float:
+        """Seconds until the next attempt may start (0 when one may now)."""
+        if self.allowance() > 0:
+            return 0.0
+        return max(self._starts[0] + self.rate.per - self.clock(), 0.001)
+
+    def started(self, count: int) -> None:
+        """Record `count` attempts started now."""
+        now = self.clock()
+        self._starts.extend(itertools.repeat(now, count))
 
 
 @dataclass(frozen=True)
@@ -85,6 +119,9 @@ class WebhookWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._failures: list[Failure] | None = None  # collected while draining
+        # `rate:` limits claims, so that the backlog waits in the outbox, not in memory
+        self._window = StartWindow(spec.rate) if spec.rate is not None else None
+        self._rate_wait: float | None = None  # set when the rate, not the queue, held claims
 
     def wake(self) -> None:
         """New deliveries may be due: look now."""
@@ -107,6 +144,7 @@ class WebhookWorker:
 
     def _fill(self) -> int:
         free = self.spec.concurrency - len(self._inflight)
+        self._rate_wait = None
         if self._stopping:
             self.flush()
             return 0
@@ -114,6 +152,15 @@ class WebhookWorker:
         # attempts rather than one each, and records the finished ones with it.
         if free <= 0 or (self._inflight and free < max(1, self.spec.concurrency // 2)):
             return 0
+        if self._window is not None:
+            allowed = self._window.allowance()
+            if allowed <= 0:
+                # no claim to record them with for a while: the outcomes are written now
+                if self._finished:
+                    self.flush()
+                self._rate_wait = self._window.wait()
+                return 0
+            free = min(free, allowed)
         now = self.clock()
         with self._taking_finished() as finished:
             claimed = self.outbox.claim_due(
@@ -123,6 +170,8 @@ class WebhookWorker:
                 self.spec.timeout + LEASE_MARGIN,
                 finished,
             )
+        if self._window is not None and claimed:
+            self._window.started(len(claimed))
         for delivery in claimed:
             task = asyncio.create_task(self._attempt(delivery))
             self._inflight.add(task)
@@ -230,6 +279,8 @@ class WebhookWorker:
                 started = self._fill()
                 # With attempts in flight, each one finishing wakes this loop: no need to poll.
                 pause = IDLE_RECHECK if self._inflight and not started else self._sleep_time()
+                if self._rate_wait is not None:
+                    pause = min(pause, self._rate_wait)
             except BridgeError as exc:
                 # The state file is locked or failing: say so and try again, never stop delivering.
                 log.error("webhook %s: %s", self.spec.name, exc)
@@ -248,11 +299,12 @@ class WebhookWorker:
             while True:
                 self._wake.clear()
                 started = self._fill()
-                if not self._inflight:
+                if not self._inflight and self._rate_wait is None:
                     self.flush()
                     return failures
                 if started == 0:
-                    await self._wake.wait()
+                    with contextlib.suppress(TimeoutError):  # `rate:` holds the rest back
+                        await asyncio.wait_for(self._wake.wait(), self._rate_wait)
         finally:
             self._failures = None
 

@@ -47,6 +47,7 @@ class Response:
         raise SourceError(
             f"HTTP {status} from {display(self.url)}",
             retry_after=rate_limit_wait(self.status, self.headers),
+            status=self.status,
         )
 
 

@@ -14,11 +14,15 @@ from typing import Any
 import orjson
 
 from bridge.model import FetchState, NewEvent, PollCommit, SourceRow
-from bridge.polling import diff, keys
+from bridge.polling import confirm, diff, keys
+from bridge.polling.conditions import Conditions, Draft, Judge
 from bridge.sources.base import Fetched, Source
 from bridge.state import Snapshots
 
 log = logging.getLogger("bridge.polling.assess")
+
+# Who tests `when:` for a caller that brings no judge: the shared renderer, counted nowhere.
+_conditions = Conditions()
 
 
 def iso(ts: float) -> str:
@@ -66,10 +70,11 @@ def remodelled(source: Source, row: SourceRow) -> bool:
     return row.baselined and row.item_model is not None and row.item_model != item_model(source)
 
 
-def fetch_state(source: Source, row: SourceRow) -> FetchState:
+def fetch_state(source: Source, row: SourceRow, *, held: bool = False) -> FetchState:
     """What to fetch `source` with: the row's validators, or none when its item model changed,
-    so the answer is read (not a 304, not the same body skipped) and a new baseline recorded."""
-    if not remodelled(source, row):
+    so the answer is read (not a 304, not the same body skipped) and a new baseline recorded;
+    nor when changes are `held` for `confirm:`, since a poll that sees them again counts."""
+    if not held and not remodelled(source, row):
         return row.fetch_state
     return replace(row.fetch_state, etag=None, last_modified=None, body_hash=None)
 
@@ -114,10 +119,18 @@ def recovered(source: Source, row: SourceRow, now: float) -> list[NewEvent]:
     return events
 
 
-def assess(
-    snapshots: Snapshots, source: Source, row: SourceRow, fetched: Fetched, now: float
+async def assess(
+    snapshots: Snapshots,
+    source: Source,
+    row: SourceRow,
+    fetched: Fetched,
+    now: float,
+    *,
+    judge: Judge | None = None,
 ) -> PollCommit:
-    """A successful poll: its items compared with the stored snapshot, and what to commit."""
+    """A successful poll: its items compared with the stored snapshot, and what to commit.
+    Changes are held until `confirm:` polls saw them; `judge` tests the change events against
+    `when:` (default: in the shared renderer) before they are built into the commit."""
     if fetched.unchanged:
         events = recovered(source, row, now)
         if row.item_model is None:  # a row from before item models: it takes the current one
@@ -151,12 +164,24 @@ def assess(
         found = _with_moves(found, old, entries, moved)
     first = not row.baselined
     commit = PollCommit(row=row, result="new" if first else "changed", duration=0.0)
+    if source.spec.confirm > 1 and not first:  # a baseline has nothing to confirm against
+        found, commit.confirmations = confirm.hold(
+            snapshots.confirmations(source.name),
+            found,
+            entries,
+            needed=source.spec.confirm,
+            complete=fetched.complete,
+            exempt=moved,
+        )
     stored = (*found.added, *found.changed, *(k for k in moved if k not in found.changed))
     commit.upserts = [(k, entries[k].hash, diff.canonical(entries[k].item)) for k in stored]
     commit.deletes = [*found.removed, *moved.values()]
     commit.events = recovered(source, row, now)
     if not first or source.spec.on_first_poll == "emit":
-        commit.events += change_events(snapshots, source, entries, found, now, moved)
+        drafts = change_drafts(snapshots, source, entries, found, moved)
+        if source.spec.when is not None and drafts:
+            drafts = await (judge or _conditions.sift)(source, drafts)
+        commit.events += [event(source, type_, data, now) for type_, data in drafts]
     if not first and not (found.added or found.changed or found.removed):
         commit.result = "unchanged"
         commit.history = bool(commit.events)
@@ -189,6 +214,8 @@ def rebaseline(
     commit.upserts = [(k, e.hash, diff.canonical(e.item)) for k, e in entries.items()]
     commit.deletes = [k for k in old if k not in entries]  # a partial answer's too: old model
     commit.events = recovered(source, row, now)
+    if source.spec.confirm > 1:
+        commit.confirmations = {}  # held changes of the old model mean nothing now
     row.item_model = item_model(source)
     row.fetch_state = fetched.state
     row.baselined = True
@@ -212,16 +239,16 @@ def _with_moves(
     return diff.Diff(added, changed, [k for k in found.removed if k not in gone])
 
 
-def change_events(
+def change_drafts(
     snapshots: Snapshots,
     source: Source,
     entries: dict[str, diff.Entry],
     found: diff.Diff,
-    now: float,
     moved: Mapping[str, str] | None = None,
-) -> list[NewEvent]:
-    """The events of the changes `found`, for the kinds the source is `on`; `moved`: keys whose
-    stored item is under another key (keys.carried_over)."""
+) -> list[Draft]:
+    """The events of the changes `found`, for the kinds the source is `on`, as (type, data) not
+    yet built (`when:` sees them first); `moved`: keys whose stored item is under another key
+    (keys.carried_over)."""
     on = source.on
     wanted_before = [
         *(found.changed if "changed" in on else ()),
@@ -235,7 +262,7 @@ def change_events(
     elif wanted_before:
         before = snapshots.item_contents(source.name, wanted_before)
     document = source.items_expr is None
-    events = []
+    events: list[Draft] = []
 
     def data(key: str, b: Any, a: Any, changes: Any) -> dict[str, Any]:
         return {
@@ -249,7 +276,7 @@ def change_events(
     if "added" in on:
         for key in found.added:
             type_ = "document.changed" if document else "item.added"
-            events.append(event(source, type_, data(key, None, entries[key].item, None), now))
+            events.append((type_, data(key, None, entries[key].item, None)))
     if "changed" in on:
         for key in found.changed:
             b, a = before.get(key), entries[key].item
@@ -259,10 +286,8 @@ def change_events(
                 # stored): its new hash is stored, and nothing a receiver could see is sent.
                 continue
             type_ = "document.changed" if document else "item.changed"
-            events.append(event(source, type_, data(key, b, a, changes), now))
+            events.append((type_, data(key, b, a, changes)))
     if "removed" in on:
         for key in found.removed:
-            events.append(
-                event(source, "item.removed", data(key, before.get(key), None, None), now)
-            )
+            events.append(("item.removed", data(key, before.get(key), None, None)))
     return events

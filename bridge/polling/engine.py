@@ -17,6 +17,7 @@ from bridge.errors import SourceError
 from bridge.http import HttpClient
 from bridge.model import PollCommit, PollOutcome, SourceRow
 from bridge.polling.assess import assess, failed, fetch_state
+from bridge.polling.conditions import Conditions
 from bridge.sources.base import Fetched, Source
 from bridge.sources.registry import load
 from bridge.state import State, Touched
@@ -47,6 +48,9 @@ class PollObserver(Protocol):
 
     def poll(self, source: str, result: str, duration: float, event_types: Iterable[str]) -> None:
         """One poll, counted once it is stored."""
+
+    def when_errors(self, source: str, count: int) -> None:
+        """`count` events of one poll of `source` for which `when:` raised (they were not sent)."""
 
 
 @dataclass
@@ -117,6 +121,9 @@ class Engine:
         self.committed = committed
         self.clock = clock
         self.sources = make_sources(config)
+        # One length for every lease: a wake-up's sources are leased together.
+        self._lease_length = poll_lease(max((s.timeout for s in config.sources), default=0.0))
+        self.conditions = Conditions(observer=metrics)  # `when:`, in the shared renderer
         # A host that asked to be left alone (429, Retry-After) is, across runs: `bridge once`
         # from cron must not ask it again a minute later.
         for host, until in self.snapshots.host_blocks(time.time()).items():
@@ -143,11 +150,14 @@ class Engine:
         another process. Polls done here but not yet written are written first, since writing
         a poll is what ends its lease.
         """
-        if any(n in self._buffer or n in self._touched or n in self._changes for n in names):
+        if not (
+            self._touched.keys().isdisjoint(names)
+            and self._buffer.keys().isdisjoint(names)
+            and self._changes.keys().isdisjoint(names)
+        ):
             self.flush()
         now = time.time()
-        timeouts = [s.spec.timeout for n in names if (s := self.sources.get(n)) is not None]
-        until = now + poll_lease(max(timeouts, default=0.0))
+        until = now + self._lease_length
         granted = self.state.coordination.lease_polls(names, now, until)
         self._leases.update(granted)
         return [n for n in names if n in granted]
@@ -218,11 +228,14 @@ class Engine:
         started = self.clock()
         try:
             # The row's validators, unless its items/key changed: then a new baseline is read.
-            fetched = await source.fetch(self.http, fetch_state(source, last))
+            held = source.spec.confirm > 1 and bool(self.snapshots.confirmations(name))
+            fetched = await source.fetch(self.http, fetch_state(source, last, held=held))
             if not dry_run and self._only_times_move(last, fetched):
                 return self._touch(name, started, next_poll_at, lease)
             row = self._own(last, next_poll_at)
-            commit = assess(self.snapshots, source, row, fetched, started)
+            commit = await assess(
+                self.snapshots, source, row, fetched, started, judge=self.conditions.sift
+            )
         except SourceError as exc:
             row = row if row is not None else self._own(last, next_poll_at)
             commit = failed(source, row, str(exc), started)
@@ -279,7 +292,8 @@ class Engine:
 
     def _record(self, commit: PollCommit, last: SourceRow) -> None:
         name = commit.row.name
-        if commit.events or commit.upserts or commit.deletes or _news(last, commit.row):
+        held = commit.confirmations is not None  # a count of `confirm:` moved: written now
+        if commit.events or commit.upserts or commit.deletes or held or _news(last, commit.row):
             self._buffer.pop(name, None)
             self._touched.pop(name, None)
             if self._batching:
@@ -400,4 +414,6 @@ class Engine:
         self.flush()
         self.config = config
         self.sources = make_sources(config)
+        # One length for every lease: a wake-up's sources are leased together.
+        self._lease_length = poll_lease(max((s.timeout for s in config.sources), default=0.0))
         return added, removed, changed

@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bridge.config.units import cron_to_apscheduler
+from bridge.config.units import cron_schedules
 from bridge.errors import BridgeError
 from bridge.model import SourceSpec
 
@@ -63,28 +63,50 @@ class _Job:
 
     __slots__ = ("name", "every", "jitter", "cron", "base", "next_at", "slack")
 
-    def __init__(self, spec: SourceSpec, cron: Any):
+    def __init__(self, spec: SourceSpec, cron: CronSchedule | None):
         self.name = spec.name
         self.every = spec.every
         self.jitter = spec.jitter
-        self.cron = cron  # an apscheduler CronTrigger, or None for an interval
+        self.cron = cron  # None for an interval
         self.base = 0.0  # the scheduled time before jitter
         self.next_at = 0.0
         self.slack = min(SLACK, (spec.every or 60.0) / 10)  # how early it may run with others
 
 
-def _cron_trigger(spec: SourceSpec) -> Any:
-    # Imported only when a source has `cron:`; crontab day numbers are converted by config.
-    from apscheduler.triggers.cron import CronTrigger
+class CronSchedule:
+    """A cron source's schedule in its `tz:` (UTC by default): the union of its CronTriggers."""
 
-    assert spec.cron is not None
-    return CronTrigger(**cron_to_apscheduler(spec.cron), timezone=UTC)
+    __slots__ = ("triggers", "once")
 
+    def __init__(self, spec: SourceSpec):
+        # Imported only when a source has `cron:`; crontab day numbers are converted by config.
+        from zoneinfo import ZoneInfo
 
-def _next_cron(trigger: Any, after: float) -> float:
-    now = datetime.fromtimestamp(after, UTC) + timedelta(microseconds=1)
-    when = trigger.get_next_fire_time(None, now)
-    return when.timestamp() if when is not None else math.inf
+        from apscheduler.triggers.cron import CronTrigger
+
+        assert spec.cron is not None
+        zone = ZoneInfo(spec.tz) if spec.tz else UTC
+        schedules = cron_schedules(spec.cron)
+        self.triggers = [CronTrigger(**kwargs, timezone=zone) for kwargs in schedules]
+        # A line at fixed hours runs once when the clocks go back, as crontab's does; one that
+        # runs every hour goes on through the repeated hour.
+        self.once = schedules[0]["hour"] != "*"
+
+    def next_after(self, after: float) -> float:
+        """The first fire time strictly after `after` (epoch seconds), or inf."""
+        return min((self._next(trigger, after) for trigger in self.triggers), default=math.inf)
+
+    def _next(self, trigger: Any, after: float) -> float:
+        while True:
+            now = datetime.fromtimestamp(after, UTC) + timedelta(microseconds=1)
+            when = trigger.get_next_fire_time(None, now)
+            if when is None:
+                return math.inf
+            # the second pass through a wall-clock time (fold=1) that already fired an hour ago
+            repeat = when.fold and when.utcoffset() != when.replace(fold=0).utcoffset()
+            if not (self.once and repeat):
+                return float(when.timestamp())
+            after = when.timestamp()
 
 
 class Scheduler:
@@ -158,13 +180,14 @@ class Scheduler:
 
     def schedule(self, spec: SourceSpec, last_poll_at: float | None) -> float | None:
         """Add or replace a source's job; returns its first run time (epoch seconds)."""
-        job = _Job(spec, _cron_trigger(spec) if spec.cron else None)
+        job = _Job(spec, CronSchedule(spec) if spec.cron else None)
         now = time.time()
         first = first_run(spec, last_poll_at, now, self.rng)
         if first:
             job.base = job.next_at = first
         else:  # cron sources that polled before just follow their cron expression
-            job.base = _next_cron(job.cron, now)
+            assert job.cron is not None
+            job.base = job.cron.next_after(now)
             job.next_at = job.base + self._jitter(job)
         self._jobs[spec.name] = job
         self._push(job)
@@ -254,7 +277,7 @@ class Scheduler:
 
     def _advance(self, job: _Job, now: float) -> None:
         if job.cron is not None:
-            job.base = _next_cron(job.cron, max(now, job.base))
+            job.base = job.cron.next_after(max(now, job.base))
         else:
             assert job.every is not None
             job.base += job.every

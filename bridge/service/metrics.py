@@ -51,6 +51,7 @@ class Metrics:
         self.polls: Counter[tuple[str, str]] = Counter()  # (source, result)
         self.events: Counter[tuple[str, str]] = Counter()  # (source, event type)
         self.deliveries: Counter[tuple[str, str]] = Counter()  # (webhook, result)
+        self.when_raised: Counter[str] = Counter()  # source -> events its `when:` raised for
         self.duration_buckets = [0] * len(DURATION_BOUNDS)  # not cumulative: one per bound
         self.duration_sum = 0.0
         self.last_success: dict[str, float] = {}  # source -> Unix time of its last good poll
@@ -72,6 +73,10 @@ class Metrics:
             self.events[source, type_] += 1
         if result in SUCCESSES:
             self.last_success[source] = self.clock()
+
+    def when_errors(self, source: str, count: int) -> None:
+        """Count the events of one poll whose `when:` raised (they were not sent)."""
+        self.when_raised[source] += count
 
     def seed_last_success(self, known: Mapping[str, float]) -> None:
         """Last successes read from the state at start, so a restart does not hide a source
@@ -119,6 +124,14 @@ class _CountsCollector(Collector):
             ["webhook", "result"],
             m.deliveries,
         )
+        raised = CounterMetricFamily(
+            "bridge_when_errors",
+            "Change events whose when: expression raised; they were not sent.",
+            labels=["source"],
+        )
+        for source, n in sorted(m.when_raised.items()):
+            raised.add_metric([source], n)
+        yield raised
         last = GaugeMetricFamily(
             "bridge_source_last_success_timestamp_seconds",
             "Unix time of the source's last successful poll.",

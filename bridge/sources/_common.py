@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.sources.base import Option
+from bridge.sources.oauth2 import check_oauth2
 
 # An absolute http(s) URL with a plain host name or IPv4 address: what nearly every config holds,
 # accepted without urlsplit, which was a large part of loading a big config; anything else is
@@ -16,7 +17,10 @@ from bridge.sources.base import Option
 _PLAIN_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]*[A-Za-z0-9](?::[0-9]*)?(?:[/?#]|\Z)")
 
 AUTH_OPTION = Option(
-    "mapping", secret=True, help="{bearer: TOKEN} or {basic: {username, password}}"
+    "mapping",
+    secret=True,
+    help="{bearer: TOKEN}, {basic: {username, password}} or "
+    "{oauth2: {token_url, client_id, client_secret, scope?, audience?}}",
 )
 
 
@@ -30,7 +34,7 @@ def body_hash(bodies: Iterable[bytes]) -> str:
 
 
 def check_auth(auth: Any) -> list[tuple[str, str]]:
-    """Problems with `auth:`: it must be {bearer: TOKEN} or {basic: {username, password}}."""
+    """Problems with `auth:`: {bearer: TOKEN}, {basic: {username, password}} or {oauth2: ...}."""
     if auth is None:
         return []
     if isinstance(auth, Mapping) and set(auth) == {"bearer"}:
@@ -44,7 +48,15 @@ def check_auth(auth: Any) -> list[tuple[str, str]]:
         if not isinstance(basic, Mapping) or set(basic) != {"username", "password"}:
             return [("auth.basic", "must be {username: ..., password: ...}")]
         return []
-    return [("auth", "must be {bearer: TOKEN} or {basic: {username, password}}")]
+    if isinstance(auth, Mapping) and set(auth) == {"oauth2"}:
+        return check_oauth2(auth["oauth2"])
+    return [
+        (
+            "auth",
+            "must be {bearer: TOKEN} or {basic: {username, password}}, "
+            "or {oauth2: {token_url, client_id, client_secret}}",
+        )
+    ]
 
 
 def check_http_url(url: Any) -> str | None:

@@ -45,6 +45,9 @@ class Source(ABC):
     kind: ClassVar[str] = ""
     options: ClassVar[Mapping[str, Option]] = {}
     default_on: ClassVar[frozenset[str]] = CHANGE_KINDS
+    # Options that, given on a source, keep other options' `defaults:` values off it (GitHub's
+    # `app:` takes the place of a `token:` from defaults); both on the source is check's affair.
+    displaces: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     def __init__(self, spec: SourceSpec):
         self.spec = spec

@@ -24,6 +24,7 @@ from bridge.sources._common import (
     request_headers,
 )
 from bridge.sources.base import Fetched, FetchState, Option, Source
+from bridge.sources.oauth2 import Client, authorized
 
 # The entry fields an item holds; `id` is the entry's id/guid.
 FIELDS = ("id", "title", "link", "published", "updated", "summary", "author")
@@ -78,12 +79,25 @@ class FeedSource(Source):
 
     async def fetch(self, http: HttpClient, state: FetchState) -> Fetched:
         """GET the feed conditionally; an identical body is unchanged without parsing."""
+        headers = request_headers(self.spec.options)
+        client = Client.of(self.spec.options)
+        if client is None:
+            return await self._fetch(http, state, headers)
+        # The bearer is one of the caller's headers: it stays with its origin on redirects.
+        return await authorized(
+            http,
+            client,
+            self.spec.timeout,
+            lambda value: self._fetch(http, state, {**headers, "Authorization": value}),
+        )
+
+    async def _fetch(self, http: HttpClient, state: FetchState, headers: dict[str, str]) -> Fetched:
         opts = self.spec.options
         url = state.url or opts["url"]
         pages = await http.fetch_pages(
             "GET",
             url,
-            headers=request_headers(opts),
+            headers=headers,
             auth=basic_auth(opts),
             etag=state.etag,
             last_modified=state.last_modified,

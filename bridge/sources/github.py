@@ -25,6 +25,7 @@ from bridge.http import (
 )
 from bridge.sources._common import body_hash, check_http_url
 from bridge.sources.base import CHANGE_KINDS, MAX_DEPTH, Fetched, FetchState, Option, Source
+from bridge.sources.github_app import app_of, check_app, forget, installation_token
 from bridge.sources.github_budget import WINDOW, Budget, budget_for
 
 log = logging.getLogger("bridge.sources.github")
@@ -87,11 +88,17 @@ class GitHubSource(Source):
         "watch": Option("choice", default="releases", choices=tuple(WATCHES)),
         "branch": Option("str", help="watch: commits of this branch (default: the default one)"),
         "token": Option("token", secret=True),
+        "app": Option(
+            "mapping",
+            secret=True,
+            help="a GitHub App: {app_id, installation_id, private_key_file | private_key}",
+        ),
         "api_url": Option(
             "str", default=DEFAULT_API, help="GitHub Enterprise: https://HOST/api/v3"
         ),
         "max_pages": Option("int", default=10),
     }
+    displaces = {"app": ("token",)}  # an app source does not take the defaults' token
 
     @classmethod
     def check(cls, options: Any) -> list[tuple[str, str]]:
@@ -108,6 +115,10 @@ class GitHubSource(Source):
             problems.append(("api_url", problem))
         if options.get("max_pages", 10) < 1:
             problems.append(("max_pages", "must be at least 1"))
+        if options.get("app") is not None:
+            problems += check_app(options["app"])
+            if options.get("token"):
+                problems.append(("app", "give token: or app:, not both"))
         return problems
 
     @property
@@ -146,6 +157,8 @@ class GitHubSource(Source):
 
     @property
     def _who(self) -> str:
+        if self.spec.options.get("app") is not None:
+            return "this GitHub App installation"
         return "this token" if self._token else "unauthenticated requests"
 
     @property
@@ -160,17 +173,20 @@ class GitHubSource(Source):
             query.append(("sha", str(opts["branch"])))
         return f"{self._api}/repos/{opts['repo']}/{watch.path}?{urlencode(query)}"
 
-    def _headers(self, url: str) -> dict[str, str]:
+    def _headers(self, url: str, token: str | None) -> dict[str, str]:
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": API_VERSION}
         # The token goes only to the configured API's origin, wherever a redirect points.
-        if self._token and urlsplit(url)[:2] == urlsplit(self._api)[:2]:
-            headers["Authorization"] = f"Bearer {self._token}"
+        if token and urlsplit(url)[:2] == urlsplit(self._api)[:2]:
+            headers["Authorization"] = f"Bearer {token}"
         return headers
 
     async def fetch(self, http: HttpClient, state: FetchState) -> Fetched:
         """Fetch the watched list: conditional page 1, then rel="next" pages up to max_pages."""
         now = clock()
-        budget = budget_for(self._api, self._token)
+        app_conf, token = self.spec.options.get("app"), self._token
+        # An app's budget is its installation's, whichever of its tokens is current.
+        installation = str(app_conf["installation_id"]) if app_conf is not None else None
+        budget = budget_for(self._api, token, installation=installation)
         budget.users[self.name] = now
         if not budget.recalled:
             # A wait an earlier run was told (kept in the state file): `bridge once` from cron
@@ -194,7 +210,17 @@ class GitHubSource(Source):
 
         configured = self.url()
         moved_url = state.url if extra.get("moved_from") == configured else None
-        first, moved = await self._first_page(http, moved_url or configured, state, budget)
+        app = app_of(self._api, app_conf) if app_conf is not None else None
+        if app is not None:
+            token = await installation_token(http, app, self.spec.timeout)
+        try:
+            first, moved = await self._first_page(
+                http, moved_url or configured, state, budget, token
+            )
+        except SourceError as exc:
+            if app is not None and token is not None and exc.status == 401:
+                forget(app, token)  # revoked or expired early: the next poll gets a new one
+            raise
         extra["last_request_at"] = now
         extra.pop("not_before", None)
         if (interval := _seconds(first.headers.get("X-Poll-Interval"))) is not None:
@@ -221,7 +247,7 @@ class GitHubSource(Source):
                     extra=extra,
                 ),
             )
-        bodies, complete = await self._more_pages(http, first, budget)
+        bodies, complete = await self._more_pages(http, first, budget, token)
         digest = body_hash(bodies)
         new_state = FetchState(
             etag=first.headers.get("ETag"),
@@ -236,7 +262,7 @@ class GitHubSource(Source):
         return Fetched(unchanged=False, state=new_state, pages=pages, complete=complete)
 
     async def _first_page(
-        self, http: HttpClient, url: str, state: FetchState, budget: Budget
+        self, http: HttpClient, url: str, state: FetchState, budget: Budget, token: str | None
     ) -> tuple[Response, str | None]:
         """Page 1, conditionally; redirects followed by hand so a 301 can be remembered."""
         moved: str | None = None
@@ -245,7 +271,7 @@ class GitHubSource(Source):
             response = await http.request(
                 "GET",
                 url,
-                headers=self._headers(url),
+                headers=self._headers(url, token),
                 etag=state.etag,
                 last_modified=state.last_modified,
                 timeout=self.spec.timeout,
@@ -273,7 +299,7 @@ class GitHubSource(Source):
         raise SourceError(f"more than {MAX_REDIRECTS} redirects from {display(self.url())}")
 
     async def _more_pages(
-        self, http: HttpClient, first: Response, budget: Budget
+        self, http: HttpClient, first: Response, budget: Budget, token: str | None
     ) -> tuple[list[bytes], bool]:
         """The bodies of page 1 and its rel="next" pages up to max_pages; whether none is left."""
         max_pages = int(self.spec.options.get("max_pages") or 10)
@@ -282,7 +308,7 @@ class GitHubSource(Source):
             page = await http.request(
                 "GET",
                 next_url,
-                headers=self._headers(next_url),
+                headers=self._headers(next_url, token),
                 timeout=self.spec.timeout,
                 max_bytes=self.spec.max_bytes,
                 block_host=False,
@@ -328,7 +354,7 @@ class GitHubSource(Source):
             response.check()
         except SourceError as exc:
             text = f"{exc}: {message}" if message else str(exc)
-            raise SourceError(text, retry_after=exc.retry_after) from None
+            raise SourceError(text, retry_after=exc.retry_after, status=status) from None
         # a 1xx or 3xx: not an answer
         raise SourceError(f"HTTP {status} from {display(response.url)}")
 

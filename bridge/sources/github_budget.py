@@ -76,11 +76,17 @@ class Budget:
 _budgets: dict[tuple[str, str], Budget] = {}
 
 
-def budget_for(api_url: str, token: str | None) -> Budget:
-    """The one Budget of (api_url, token); tokens are told apart by a hash, never kept."""
-    who = hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anonymous"
+def budget_for(api_url: str, token: str | None, *, installation: str | None = None) -> Budget:
+    """The one Budget of (api_url, token), or of a GitHub App's installation (GitHub limits an
+    installation, so its budget outlives each of its hourly tokens); tokens are told apart by
+    a hash, never kept."""
+    if installation is not None:
+        who, kind = installation, "github-installation"
+    else:
+        who = hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anonymous"
+        kind = "github-token"
     api = api_url.rstrip("/")
-    budget = _budgets.get((api, who))
+    budget = _budgets.get((api, f"{kind}:{who}"))
     if budget is None:
-        budget = _budgets[api, who] = Budget(key=f"{host_key(api)} github-token:{who}")
+        budget = _budgets[api, f"{kind}:{who}"] = Budget(key=f"{host_key(api)} {kind}:{who}")
     return budget

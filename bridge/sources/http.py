@@ -19,6 +19,8 @@ from bridge.sources._common import (
 )
 from bridge.sources._common import body_hash as hashed
 from bridge.sources.base import MAX_DEPTH, Fetched, FetchState, Option, Source
+from bridge.sources.cursor import CursorPaging, fetch_cursor_pages, paginate_problems
+from bridge.sources.oauth2 import Client, authorized
 
 
 class _Request(NamedTuple):
@@ -28,6 +30,7 @@ class _Request(NamedTuple):
     data: bytes | str | None
     auth: tuple[str, str] | None
     max_pages: int
+    json: Any  # the `json:` document, for cursor pages' variables
 
 
 class HttpSource(Source):
@@ -44,7 +47,7 @@ class HttpSource(Source):
         "auth": AUTH_OPTION,
         "items": Option("jmespath", help="JMESPath selecting the list of items"),
         "key": Option("jmespath", help="JMESPath giving each item's identity"),
-        "paginate": Option("choice", choices=("link",)),
+        "paginate": Option("any", help="link, or {cursor, more, variable | param, max_pages}"),
         "max_pages": Option("int", default=10),
     }
 
@@ -59,6 +62,7 @@ class HttpSource(Source):
             problems.append(("json", "give body: or json:, not both"))
         if options.get("max_pages", 10) < 1:
             problems.append(("max_pages", "must be at least 1"))
+        problems += paginate_problems(options)
         return problems
 
     @functools.cached_property
@@ -93,25 +97,61 @@ class HttpSource(Source):
             data,
             basic_auth(opts),
             opts.get("max_pages", 10) if opts.get("paginate") == "link" else 1,
+            json_body,
         )
+
+    @functools.cached_property
+    def _cursor(self) -> CursorPaging | None:
+        return CursorPaging.of(self.spec.options)
+
+    @functools.cached_property
+    def _oauth2(self) -> Client | None:
+        return Client.of(self.spec.options)
 
     async def fetch(self, http: HttpClient, state: FetchState) -> Fetched:
         """GET (or any method) the URL conditionally, following Link pages when asked."""
+        client, headers = self._oauth2, self._request.headers
+        if client is None:
+            return await self._fetch(http, state, headers)
+        # The bearer is one of the caller's headers: it stays with its origin on redirects.
+        return await authorized(
+            http,
+            client,
+            self.spec.timeout,
+            lambda value: self._fetch(http, state, {**headers, "Authorization": value}),
+        )
+
+    async def _fetch(
+        self, http: HttpClient, state: FetchState, headers: Mapping[str, str]
+    ) -> Fetched:
         opts = self.spec.options
         req = self._request
-        pages = await http.fetch_pages(
-            req.method,
-            state.url or opts["url"],
-            headers=req.headers,
-            params=req.params,
-            data=req.data,
-            auth=req.auth,
-            etag=state.etag,
-            last_modified=state.last_modified,
-            timeout=self.spec.timeout,
-            max_bytes=self.spec.max_bytes,
-            max_pages=req.max_pages,
-        )
+        docs: list[Any] = []
+        if (cursor := self._cursor) is not None:
+            pages, docs = await fetch_cursor_pages(
+                http,
+                cursor,
+                state.url or opts["url"],
+                req,
+                headers,
+                state,
+                self.spec.timeout,
+                self.spec.max_bytes,
+            )
+        else:
+            pages = await http.fetch_pages(
+                req.method,
+                state.url or opts["url"],
+                headers=headers,
+                params=req.params,
+                data=req.data,
+                auth=req.auth,
+                etag=state.etag,
+                last_modified=state.last_modified,
+                timeout=self.spec.timeout,
+                max_bytes=self.spec.max_bytes,
+                max_pages=req.max_pages,
+            )
         if pages.not_modified:
             return Fetched(unchanged=True, state=state)
         body_hash = hashed(pages.bodies)
@@ -121,7 +161,7 @@ class HttpSource(Source):
         if body_hash == state.body_hash:
             return Fetched(unchanged=True, state=new_state)
         try:
-            parsed = [orjson.loads(body) for body in pages.bodies]
+            parsed = docs or [orjson.loads(body) for body in pages.bodies]
         except orjson.JSONDecodeError as exc:
             where = display(state.url or opts["url"])
             if "depth limit" in str(exc):  # orjson's own limit (1024), far past ours

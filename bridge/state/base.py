@@ -25,6 +25,12 @@ Touched = tuple[SourceRow, int | None]
 HEARTBEAT_INTERVAL = 5.0
 INSTANCE_TIMEOUT = 15.0
 
+# Admin.sources(scheduled_at=...): a stored source no name given lists is still scheduled by some
+# instance while its next poll is ahead, or overdue by less than this (seconds) or by less than
+# its own interval (next poll - last poll) if that is longer; one long overdue was taken out of
+# every config (a rolling change keeps the row a while, and nobody polls it any more).
+SCHEDULED_GRACE = 600.0
+
 
 class Snapshots(Protocol):
     """What polling reads and writes: source rows, item snapshots, rate-limited hosts."""
@@ -48,6 +54,10 @@ class Snapshots(Protocol):
     def host_blocks(self, now: float) -> dict[str, float]:
         """Hosts (or GitHub token budgets) still off-limits at `now`, with until when."""
 
+    def confirmations(self, source: str) -> dict[str, tuple[str, int]]:
+        """key -> (candidate content hash, how many successful polls in a row saw it) of the
+        source's changes waiting for `confirm:`, as the last commit_polls of it left them."""
+
     def commit_polls(
         self,
         commits: Iterable[PollCommit],
@@ -62,7 +72,10 @@ class Snapshots(Protocol):
         lease. A fenced-out poll writes nothing; the names of those are returned, so that a
         poll whose lease was lost never commits a stale snapshot or sends an event twice.
         Deliveries take ids in the order of their events. `host_blocks` are kept (the later
-        of two blocks of one host wins).
+        of two blocks of one host wins). A commit whose `confirmations` is not None replaces
+        the source's pending confirmations with them in the same transaction (so a poll's
+        count moves exactly when its snapshot does, and survives a restart); a fenced-out
+        poll's are not written either.
         """
 
 
@@ -105,11 +118,19 @@ class Admin(Protocol):
         failing: bool = False,
         offset: int = 0,
         limit: int | None = None,
+        scheduled_at: float | None = None,
+        only: str | None = None,
     ) -> tuple[int, list[SourceRow]]:
         """A page of the rows of `names`, in their order (a fresh row for one never stored):
         only names containing `match` (case-insensitive), only failing ones (failures > 0) if
-        `failing`; `limit` None: all. Returns (how many match in all, the page), paged by the
-        backend, so that a page of 10,000 sources costs a page."""
+        `failing`, only the one named `only` if given; `limit` None: all. Returns (how many
+        match in all, the page), paged by the backend, so that a page of 10,000 sources costs
+        a page.
+
+        `scheduled_at` (the time now): after `names`, by name, also the stored rows of no name
+        in `names` that some instance still schedules at that time (next poll after
+        `scheduled_at` - SCHEDULED_GRACE, or - the row's interval if longer): a source in
+        another instance's config only. Filtered, counted and paged with the others."""
 
     def events(self, *, source: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Recent events, newest first: id, source, type, key, created_at, event (parsed)."""
@@ -122,9 +143,11 @@ class Admin(Protocol):
         *,
         status: DeliveryStatus | None = None,
         webhook: str | None = None,
+        source: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Deliveries, newest first, with event id and type, attempts and the last error."""
+        """Deliveries, newest first, with event id and type, attempts and the last error; only
+        those of `status`, to `webhook`, of `source` when given."""
 
     def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
         """Every attempt of one delivery, oldest first: at, status, error, duration."""

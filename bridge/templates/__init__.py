@@ -14,6 +14,7 @@ from bridge.templates.sandbox import (
     evaluate,
     render,
     render_body,
+    verdicts,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "render",
     "render_body",
     "shared_renderer",
+    "verdicts",
 ]

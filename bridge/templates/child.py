@@ -2,9 +2,10 @@
 sandbox, writes the reply to stdout. Started and killed by bridge.templates.renderer.
 
 Frames, both ways: a request is `>II` (header length, data length), a JSON header
-(`{"op": "body", "template": ...}` or `{"op": "eval", "expression": ...}`) and the JSON data
-(the event, or the context). A reply is one kind byte (R ready, O ok, E error), `>I` length,
-and the payload: the body, the value as JSON, or the one-line reason."""
+(`{"op": "body", "template": ...}`, `{"op": "eval", "expression": ...}` or `{"op": "test",
+"expression": ...}`) and the JSON data (the event, the context, or a list of contexts). A reply
+is one kind byte (R ready, O ok, E error), `>I` length, and the payload: the body, the value as
+JSON (a list of verdicts for "test"), or the one-line reason."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import BinaryIO
 
 import orjson
 
-from bridge.templates.sandbox import Limits, TemplateError, body_for, value_json
+from bridge.templates.sandbox import Limits, TemplateError, body_for, value_json, verdicts_json
 
 REQUEST = struct.Struct(">II")
 REPLY = struct.Struct(">cI")
@@ -71,6 +72,8 @@ def _answer(header: bytes, data: bytes, limits: Limits) -> tuple[bytes, bytes]:
         context = orjson.loads(data)
         if request["op"] == "body":
             return b"O", body_for(request["template"], context, limits)
+        if request["op"] == "test":  # a list of contexts: one verdict each
+            return b"O", verdicts_json(request["expression"], context, limits)
         return b"O", value_json(request["expression"], context, limits)
     except TemplateError as exc:
         return b"E", str(exc).encode()

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -214,6 +214,20 @@ class Renderer:
         except TypeError as exc:
             raise TemplateError(f"expression failed: not JSON: {exc}") from None
         return self._submit("expression", {"op": "eval", "expression": expression}, data)
+
+    async def verdicts(
+        self, expression: str, contexts: Sequence[Mapping[str, Any]]
+    ) -> list[bool | str]:
+        """Whether `expression` is true over each context (JSON values), or the one-line reason
+        it raised there: all in ONE call to a worker, bounded in time as one evaluation is."""
+        try:
+            data = orjson.dumps(list(contexts), option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            raise TemplateError(f"expression failed: not JSON: {exc}") from None
+        job = self._submit("expression", {"op": "test", "expression": expression}, data)
+        raw: bytes = await asyncio.wrap_future(job)
+        found: list[bool | str] = orjson.loads(raw)
+        return found
 
     async def render_body(self, template: Any, envelope: bytes) -> bytes:
         """The JSON body a webhook's `body:` renders to over this event (its JSON envelope)."""

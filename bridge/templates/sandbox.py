@@ -260,3 +260,26 @@ def evaluate(expression: str, context: Mapping[str, Any], limits: Limits = DEFAU
     """A sandboxed expression's value (as JSON gives it back: an undefined field is None), here
     and now (no time limit: the daemon goes through a Renderer)."""
     return orjson.loads(value_json(expression, context, limits))
+
+
+def verdicts_json(expression: str, contexts: list[Mapping[str, Any]], limits: Limits) -> bytes:
+    """Whether an expression is true over each of `contexts` (each its own range and size
+    budget), as a JSON list of true, false, or the one-line reason it raised: one call for
+    a poll's changes, so a worker process is asked once, not once per change."""
+    test = compile_expression(expression)
+    verdicts: list[bool | str] = []
+    for context in contexts:
+        with _rendering(limits):
+            try:
+                verdicts.append(bool(test(**context)))
+            except Exception as exc:
+                verdicts.append(_one_line(exc) or type(exc).__name__)
+    return orjson.dumps(verdicts)
+
+
+def verdicts(
+    expression: str, contexts: list[Mapping[str, Any]], limits: Limits = DEFAULT_LIMITS
+) -> list[bool | str]:
+    """verdicts_json here and now (no time limit: the daemon goes through a Renderer)."""
+    found: list[bool | str] = orjson.loads(verdicts_json(expression, contexts, limits))
+    return found

@@ -335,6 +335,49 @@ def test_a_commit_without_a_lease_is_not_fenced(state) -> None:
     assert state.snapshots.source_row("s") == commit.row
 
 
+# --- Snapshots: the pending confirmations of `confirm:` --------------------------------------
+
+
+def held(
+    name: str,
+    confirmations: dict[str, tuple[str, int]] | None,
+    *events: NewEvent,
+    lease: int | None = None,
+    upserts: tuple[tuple[str, str, bytes], ...] = (),
+) -> PollCommit:
+    commit = poll(name, *events, lease=lease, upserts=upserts)
+    commit.confirmations = confirmations
+    return commit
+
+
+def test_confirmations_are_replaced_per_source_and_kept_when_none(two_states) -> None:
+    first, second = two_states
+    assert first.snapshots.confirmations("s") == {}
+    first.snapshots.commit_polls([held("s", {"a": ("h1", 1), "b": ("-", 2)}), held("t", {})])
+    assert second.snapshots.confirmations("s") == {"a": ("h1", 1), "b": ("-", 2)}  # read back
+    first.snapshots.commit_polls([held("s", {"a": ("h1", 2)}), held("t", {"x": ("h", 1)})])
+    assert second.snapshots.confirmations("s") == {"a": ("h1", 2)}  # b is no longer pending
+    first.snapshots.commit_polls([held("s", None)])  # a poll that moved no count
+    assert second.snapshots.confirmations("s") == {"a": ("h1", 2)}
+    first.snapshots.commit_polls([held("s", {})])
+    assert second.snapshots.confirmations("s") == {}
+    assert second.snapshots.confirmations("t") == {"x": ("h", 1)}  # one source's, not another's
+
+
+def test_confirmations_are_written_with_their_poll_or_not_at_all(state) -> None:
+    state.snapshots.commit_polls([held("s", {"a": ("h1", 1)})])
+    stale = state.coordination.lease_polls(["s"], NOW, NOW + 10)["s"]
+    state.coordination.lease_polls(["s"], NOW + 11, NOW + 60)
+    late = held("s", {"a": ("h1", 2)}, lease=stale, upserts=(item("k", 1),))
+    assert state.snapshots.commit_polls([late]) == {"s"}
+    assert state.snapshots.confirmations("s") == {"a": ("h1", 1)}  # fenced out with its poll
+    [kept] = enqueue(state, "old")
+    duplicate = held("t", {"z": ("h", 1)}, event("t", eid=kept))
+    with pytest.raises(StateError):  # the whole commit fails: its confirmations too
+        state.snapshots.commit_polls([duplicate])
+    assert state.snapshots.confirmations("t") == {}
+
+
 # --- Outbox: claims keep one delivery per source in flight ------------------------------------
 
 
@@ -625,3 +668,59 @@ def test_generation_changes_after_another_state_commits(two_states) -> None:
 
 def test_a_healthy_state_is_writable(state) -> None:
     assert state.writable() is True
+
+
+# --- Admin.sources: the console's listing, with the sources another instance schedules -------
+
+
+def scheduled(state: State, name: str, last: float, due: float | None, failures: int = 0) -> None:
+    """Store a source row polled at `last`, next due at `due`."""
+    row = SourceRow(name, baselined=True, last_poll_at=last, next_poll_at=due, failures=failures)
+    assert state.snapshots.commit_polls([PollCommit(row, "unchanged", 0.1, [], [], [])]) == set()
+
+
+def test_sources_pages_the_names_given_and_those_another_instance_still_schedules(state) -> None:
+    scheduled(state, "a", NOW - 60, NOW + 60)  # listed and stored: shown once, in its place
+    scheduled(state, "b1", NOW - 60, NOW + 60)  # due ahead
+    scheduled(state, "b2", NOW - 360, NOW - 300, failures=2)  # overdue inside the grace
+    scheduled(state, "slow", NOW - 7200, NOW - 3000)  # overdue inside its own interval (70 min)
+    scheduled(state, "gone", NOW - 3660, NOW - 3600)  # in no config any more: long overdue
+    scheduled(state, "never", NOW - 60, None)  # not scheduled at all
+    admin = state.admin
+
+    def names(found: tuple[int, list[SourceRow]]) -> tuple[int, list[str]]:
+        return found[0], [row.name for row in found[1]]
+
+    # Without scheduled_at: only the names given (bridge status), a fresh row for one unstored.
+    assert names(admin.sources(["z", "a"])) == (2, ["z", "a"])
+    everything = admin.sources(["z", "a"], scheduled_at=NOW)
+    assert names(everything) == (5, ["z", "a", "b1", "b2", "slow"])
+    assert everything[1][0] == SourceRow("z")
+    assert (everything[1][3].failures, everything[1][3].next_poll_at) == (2, NOW - 300)
+    paged = admin.sources(["z", "a"], scheduled_at=NOW, offset=1, limit=2)
+    assert names(paged) == (5, ["a", "b1"])
+    assert names(admin.sources(["z", "a"], scheduled_at=NOW, match="B")) == (2, ["b1", "b2"])
+    assert names(admin.sources(["z", "a"], scheduled_at=NOW, failing=True)) == (1, ["b2"])
+    assert admin.sources(["z", "a"], scheduled_at=NOW, limit=0) == (5, [])
+    # One by name: a stored row still scheduled, or none (long overdue, or never stored).
+    assert names(admin.sources([], scheduled_at=NOW, only="b1")) == (1, ["b1"])
+    assert names(admin.sources([], scheduled_at=NOW, only="gone")) == (0, [])
+    assert names(admin.sources([], scheduled_at=NOW, only="nowhere")) == (0, [])
+    assert names(admin.sources(["z", "a"], only="a")) == (1, ["a"])
+    # Later, b1 and b2 are past the grace, slow not yet past its interval; the listed "a" is
+    # shown whatever its times.
+    later = admin.sources(["a"], scheduled_at=NOW + 1000)
+    assert names(later) == (2, ["a", "slow"])
+
+
+def test_deliveries_filter_by_source(state) -> None:
+    ids = enqueue(state, "a", "b", "a", webhooks=("w", "x"))
+    of_a = state.admin.deliveries(source="a")
+    assert [(r["event_id"], r["webhook"]) for r in of_a] == [
+        (ids[2], "x"),
+        (ids[2], "w"),
+        (ids[0], "x"),
+        (ids[0], "w"),
+    ]
+    assert [r["event_id"] for r in state.admin.deliveries(source="b", webhook="x")] == [ids[1]]
+    assert state.admin.deliveries(source="c") == []

@@ -8,13 +8,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,8 @@ from tests.conftest import (
     async_wait_for,
     bridge_config,
     engine_for,
+    free_port,
+    get,
     http_source,
     run_cli,
     wait_for,
@@ -84,22 +83,6 @@ async def test_a_worker_survives_a_locked_state_file(origin, receiver, write_con
         finally:
             holder.close()
             await engine.dispatcher.stop(grace=1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(url: str, timeout: float = 10) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 @pytest.mark.slow

@@ -132,10 +132,14 @@ def routes(console: Console) -> web.RouteTableDef:
         if status is not None and status not in STATUSES:
             raise ApiError(400, f"status must be one of {', '.join(STATUSES)}")
         webhook = request.query.get("webhook") or None
+        source = request.query.get("source") or None
+        if source is not None:
+            console.source(source)  # 404 if unknown
         limit = integer(request, "limit", 100, 1, MAX_LIMIT)
         rows = console.state.admin.deliveries(
             status=status,  # type: ignore[arg-type]  # checked against STATUSES above
             webhook=webhook,
+            source=source,
             limit=limit,
         )
         return answer({"webhooks": console.webhooks(), "deliveries": rows})
@@ -143,7 +147,13 @@ def routes(console: Console) -> web.RouteTableDef:
     @api.post("/api/sources/{name}/poll")
     async def poll(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        console.source(name)  # 404 before the body's checks: the URL is wrong
+        # 404 before the body's checks: the URL is wrong
+        if not console.source(name)["configured"]:
+            raise ApiError(
+                404,
+                f"source {name} is not in this instance's config: the instance that has it "
+                "polls it",
+            )
         await json_body(request, ())
         result = await console.poll(name)
         n = len(result.bodies)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -37,29 +38,38 @@ class Console:
     def sources(
         self, *, match: str | None, failing: bool, offset: int, limit: int
     ) -> dict[str, Any]:
-        """A page of the configured sources (paged and filtered by the state's query)."""
+        """A page of the configured sources, then of those only another instance's config has
+        (still scheduled in the state), paged and filtered by the state's query."""
         config = self.config()
         names = [spec.name for spec in config.sources]
-        admin = self.state.admin
-        total, rows = admin.sources(names, match=match, failing=failing, offset=offset, limit=limit)
-        failing_total, _ = admin.sources(names, failing=True, limit=0)
+        admin, now = self.state.admin, time.time()
+        total, rows = admin.sources(
+            names, match=match, failing=failing, offset=offset, limit=limit, scheduled_at=now
+        )
+        failing_total, _ = admin.sources(names, failing=True, limit=0, scheduled_at=now)
+        listed, _ = admin.sources(names, limit=0, scheduled_at=now)
         specs = {spec.name: spec for spec in config.sources} if rows else {}
         return {
             "total": total,
             "offset": offset,
             "limit": limit,
             "configured": len(names),
+            "elsewhere": listed - len(names),
             "failing": failing_total,
-            "sources": [source_view(specs[row.name], row) for row in rows],
+            "sources": [source_view(specs.get(row.name), row) for row in rows],
         }
 
     def source(self, name: str) -> dict[str, Any]:
-        """One configured source; ApiError 404 if there is none of that name."""
+        """One configured source, or one only another instance's config has (still scheduled
+        in the state: `configured` false); ApiError 404 if there is neither of that name."""
         spec = self.config().source(name)
-        if spec is None:
+        if spec is not None:
+            _, rows = self.state.admin.sources([name])
+            return source_view(spec, rows[0])
+        _, rows = self.state.admin.sources([], scheduled_at=time.time(), only=name)
+        if not rows:
             raise ApiError(404, f"unknown source {name!r}")
-        _, rows = self.state.admin.sources([name])
-        return source_view(spec, rows[0])
+        return source_view(None, rows[0])
 
     def webhooks(self) -> list[dict[str, Any]]:
         """Each webhook with its pending, delivered and dead counts."""

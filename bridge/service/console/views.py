@@ -24,14 +24,16 @@ def schedule(spec: SourceSpec) -> str:
     return f"every {format_duration(spec.every or 0)}"
 
 
-def source_view(spec: SourceSpec, row: SourceRow) -> dict[str, Any]:
-    """A source as the API answers it: its config (without secrets) and its state."""
-    url = spec.options.get("url")
+def source_view(spec: SourceSpec | None, row: SourceRow) -> dict[str, Any]:
+    """A source as the API answers it: its config (without secrets) and its state. With no
+    spec (a source only another instance's config has) its config is unknown here: null."""
+    url = spec.options.get("url") if spec is not None else None
     return {
-        "name": spec.name,
-        "kind": spec.kind,
-        "schedule": schedule(spec),
-        "webhooks": list(spec.webhooks),
+        "name": row.name,
+        "configured": spec is not None,
+        "kind": spec.kind if spec is not None else None,
+        "schedule": schedule(spec) if spec is not None else None,
+        "webhooks": list(spec.webhooks) if spec is not None else [],
         "url": display(url) if isinstance(url, str) else None,
         "last_poll_at": row.last_poll_at,
         "last_result": row.last_result,

@@ -11,8 +11,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bridge.model import DeliveryStatus, SourceRow
+from bridge.state.base import SCHEDULED_GRACE
 from bridge.state.postgresql.connection import Database
-from bridge.state.postgresql.rows import SOURCE_COLUMNS, row_from
+from bridge.state.rows import SOURCE_COLUMNS, row_from
 
 # The stored columns of a source row, read beside the asked-for name (which a row may lack).
 _STORED = ", ".join(f"s.{c.strip()}" for c in SOURCE_COLUMNS.split(","))
@@ -98,19 +99,32 @@ class PostgresAdmin:
         failing: bool = False,
         offset: int = 0,
         limit: int | None = None,
+        scheduled_at: float | None = None,
+        only: str | None = None,
     ) -> tuple[int, list[SourceRow]]:
-        """A page of the rows of `names`, in their order; (how many match, the page)."""
-        where: list[str] = []
+        """A page of the rows of `names`, in their order, then (`scheduled_at`) the stored rows
+        another instance still schedules; (how many match, the page)."""
         params: list[Any] = [list(names)]
+        listing = "SELECT name, n FROM unnest(%s::text[]) WITH ORDINALITY AS l(name, n)"
+        if scheduled_at is not None:
+            # Ordered after every listed name (n = len(names) + 1), then by name.
+            listing += (
+                " UNION ALL SELECT o.name, %s FROM sources o WHERE o.next_poll_at > %s - "
+                "GREATEST(%s, coalesce(o.next_poll_at - o.last_poll_at, 0)) "
+                "AND o.name NOT IN (SELECT unnest(%s::text[]))"  # a hashed subplan
+            )
+            params += [len(names) + 1, scheduled_at, SCHEDULED_GRACE, list(names)]
+        where: list[str] = []
         if match:
             where.append("strpos(lower(j.name), %s) > 0")
             params.append(match.lower())
         if failing:
             where.append("s.failures > 0")
-        rest = (
-            "FROM unnest(%s::text[]) WITH ORDINALITY AS j(name, n) "
-            "LEFT JOIN sources s ON s.name = j.name "
-            + (f"WHERE {' AND '.join(where)}" if where else "")
+        if only is not None:
+            where.append("j.name = %s")
+            params.append(only)
+        rest = f"FROM ({listing}) j LEFT JOIN sources s ON s.name = j.name " + (
+            f"WHERE {' AND '.join(where)}" if where else ""
         )
         with self.database.connection() as conn:
             row = conn.execute(f"SELECT count(*) {rest}", params).fetchone()
@@ -118,7 +132,7 @@ class PostgresAdmin:
             if limit == 0:
                 return total, []
             page = conn.execute(
-                f"SELECT j.name, {_STORED} {rest} ORDER BY j.n LIMIT %s OFFSET %s",
+                f"SELECT j.name, {_STORED} {rest} ORDER BY j.n, j.name LIMIT %s OFFSET %s",
                 (*params, limit, offset),
             ).fetchall()
         return total, [SourceRow(r[0]) if r[1] is None else row_from(r[1:]) for r in page]
@@ -161,6 +175,7 @@ class PostgresAdmin:
         *,
         status: DeliveryStatus | None = None,
         webhook: str | None = None,
+        source: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Deliveries, newest first, with attempt counts and the last error."""
@@ -176,6 +191,9 @@ class PostgresAdmin:
         if webhook:
             sql += " AND d.webhook = %s"
             params.append(webhook)
+        if source:
+            sql += " AND d.source = %s"
+            params.append(source)
         sql += " ORDER BY d.id DESC LIMIT %s"
         params.append(limit)
         return self._dicts(sql, params)

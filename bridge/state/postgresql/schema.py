@@ -15,7 +15,8 @@ from bridge.errors import StateError
 
 # 1: the tables of SQLite's schema 7 (its poll leases on the sources rows, as in its schema 5),
 # plus instances (the registry) and writes (generation()).
-SCHEMA_VERSION = 1
+# 2: confirmations (the changes waiting for `confirm:`; a new table: SCHEMA creates it).
+SCHEMA_VERSION = 2
 
 # pg_advisory_xact_lock's single-key space; the delivery claims use the two-key space, which
 # does not overlap it.
@@ -54,6 +55,15 @@ CREATE TABLE IF NOT EXISTS items (
     key TEXT NOT NULL,
     hash TEXT NOT NULL,
     content BYTEA NOT NULL,
+    PRIMARY KEY (source, key)
+);
+-- Changes waiting for `confirm:`: the candidate content hash of an item ('-': removed) and how
+-- many successful polls in a row saw it.
+CREATE TABLE IF NOT EXISTS confirmations (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    seen INTEGER NOT NULL,
     PRIMARY KEY (source, key)
 );
 CREATE TABLE IF NOT EXISTS polls (

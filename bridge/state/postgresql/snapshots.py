@@ -13,7 +13,7 @@ import psycopg
 from bridge.model import PollCommit, SourceRow
 from bridge.state.base import Touched
 from bridge.state.postgresql.connection import Database
-from bridge.state.postgresql.rows import SOURCE_COLUMNS, row_from, row_values
+from bridge.state.rows import SOURCE_COLUMNS, poll_rows, row_from, row_values
 
 # Writing a poll's row ends the lease it ran under.
 _UPSERT_SOURCE = (
@@ -75,6 +75,14 @@ class PostgresSnapshots:
             ).fetchall()
         return {key: h for key, h in rows}
 
+    def confirmations(self, source: str) -> dict[str, tuple[str, int]]:
+        """key -> (candidate hash, polls that saw it) of the source's changes awaiting confirm."""
+        with self.database.connection() as conn:
+            rows = conn.execute(
+                "SELECT key, hash, seen FROM confirmations WHERE source = %s", (source,)
+            ).fetchall()
+        return {key: (h, seen) for key, h, seen in rows}
+
     def item_contents(self, source: str, keys: Sequence[str]) -> dict[str, Any]:
         """key -> stored item (parsed) for the given keys (one array parameter, any length)."""
         if not keys:
@@ -128,11 +136,29 @@ class PostgresSnapshots:
                     whole += [r for r, _ in touched if r.name in unwritten - lost]
             if whole:
                 conn.cursor().executemany(
-                    _UPSERT_SOURCE, [row_values(r) for r in sorted(whole, key=lambda r: r.name)]
+                    _UPSERT_SOURCE,
+                    [row_values(r, bool) for r in sorted(whole, key=lambda r: r.name)],
                 )
             written = [c for c in commits if c.upserts or c.deletes or c.events or c.history]
             if written:
                 _write_polls(conn, written)
+            held = [c for c in commits if c.confirmations is not None]
+            if held:
+                conn.execute(
+                    "DELETE FROM confirmations WHERE source = ANY(%s)",
+                    ([c.row.name for c in held],),
+                )
+                rows = [
+                    (c.row.name, key, h, seen)
+                    for c in held
+                    for key, (h, seen) in (c.confirmations or {}).items()
+                ]
+                if rows:
+                    conn.execute(
+                        "INSERT INTO confirmations (source, key, hash, seen) "
+                        "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[])",
+                        _columns(rows, 4),
+                    )
         return refused
 
     @staticmethod
@@ -169,67 +195,44 @@ def _write_polls(conn: psycopg.Connection[Any], commits: list[PollCommit]) -> No
     # One statement of each kind for the whole batch, its rows as arrays: one round trip
     # however many polls. Rows keep their order (WITH ORDINALITY ... ORDER BY), so deliveries
     # still take ids in the order of their events.
-    upserts = [(c.row.name, *upsert) for c in commits for upsert in c.upserts]
-    if upserts:
+    rows = poll_rows(commits)
+    if rows.upserts:
         conn.execute(
             "INSERT INTO items (source, key, hash, content) "
             "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[]) "
             "ON CONFLICT (source, key) DO UPDATE SET hash = excluded.hash, "
             "content = excluded.content",
-            _columns(upserts, 4),
+            _columns(rows.upserts, 4),
         )
-    deletes = [(c.row.name, key) for c in commits for key in c.deletes]
-    if deletes:
+    if rows.deletes:
         conn.execute(
             "DELETE FROM items i USING unnest(%s::text[], %s::text[]) AS d(source, key) "
             "WHERE i.source = d.source AND i.key = d.key",
-            _columns(deletes, 2),
+            _columns(rows.deletes, 2),
         )
-    events = [ev for c in commits for ev in c.events]
-    if events:
+    if rows.events:
         conn.execute(
             "INSERT INTO events (id, source, type, key, created_at, body) "
             "SELECT id, source, type, key, created_at, body FROM unnest(%s::text[], "
             "%s::text[], %s::text[], %s::text[], %s::float8[], %s::bytea[]) WITH ORDINALITY "
             "AS e(id, source, type, key, created_at, body, n) ORDER BY n",
-            _columns(
-                [(ev.id, ev.source, ev.type, ev.key, ev.created_at, ev.body) for ev in events], 6
-            ),
+            _columns(rows.events, 6),
         )
-        deliveries = [
-            (ev.id, webhook, at)
-            for c in commits
-            for at in (c.row.last_poll_at or 0.0,)
-            for ev in c.events
-            for webhook in ev.webhooks
-        ]
-        if deliveries:
-            conn.execute(
-                "INSERT INTO deliveries (event_seq, webhook, source, status, next_attempt_at, "
-                "created_at, updated_at) "
-                "SELECT e.seq, d.webhook, e.source, 'pending', d.at, d.at, d.at "
-                "FROM unnest(%s::text[], %s::text[], %s::float8[]) WITH ORDINALITY "
-                "AS d(event_id, webhook, at, n) JOIN events e ON e.id = d.event_id ORDER BY d.n",
-                _columns(deliveries, 3),
-            )
-    history = [
-        (
-            c.row.name,
-            c.row.last_poll_at or 0.0,
-            c.result,
-            c.duration,
-            c.row.last_error,
-            len(c.events),
+    if rows.deliveries:
+        conn.execute(
+            "INSERT INTO deliveries (event_seq, webhook, source, status, next_attempt_at, "
+            "created_at, updated_at) "
+            "SELECT e.seq, d.webhook, e.source, 'pending', d.at, d.at, d.at "
+            "FROM unnest(%s::text[], %s::text[], %s::float8[]) WITH ORDINALITY "
+            "AS d(event_id, webhook, at, n) JOIN events e ON e.id = d.event_id ORDER BY d.n",
+            _columns(rows.deliveries, 3),
         )
-        for c in commits
-        if c.history
-    ]
-    if history:
+    if rows.history:
         conn.execute(
             "INSERT INTO polls (source, at, result, duration, error, events) "
             "SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::float8[], "
             "%s::text[], %s::int[])",
-            _columns(history, 6),
+            _columns(rows.history, 6),
         )
 
 

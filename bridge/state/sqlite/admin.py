@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 
 from bridge.model import DeliveryStatus, SourceRow
+from bridge.state.base import SCHEDULED_GRACE
+from bridge.state.rows import SOURCE_COLUMNS, row_from
 from bridge.state.sqlite.connection import Database, chunks
-from bridge.state.sqlite.rows import SOURCE_COLUMNS, row_from
 
 # The stored columns of a source row, read beside the asked-for name (which a row may lack).
 _STORED = ", ".join(f"s.{c.strip()}" for c in SOURCE_COLUMNS.split(","))
@@ -118,27 +119,43 @@ class SqliteAdmin:
         failing: bool = False,
         offset: int = 0,
         limit: int | None = None,
+        scheduled_at: float | None = None,
+        only: str | None = None,
     ) -> tuple[int, list[SourceRow]]:
-        """A page of the rows of `names`, in their order; (how many match, the page).
+        """A page of the rows of `names`, in their order, then (`scheduled_at`) the stored rows
+        another instance still schedules; (how many match, the page).
 
         The names go in as one JSON array (json_each), so the filter, the count and the page
         are all SQL: a console page of 10,000 sources reads one page of rows, not all of them.
         """
+        listed = orjson.dumps(list(names)).decode()
+        params: list[Any] = [listed]
+        listing = "SELECT value AS name, key AS n FROM json_each(?)"
+        if scheduled_at is not None:
+            # Ordered after every listed name (n = len(names)), then by name.
+            listing += (
+                " UNION ALL SELECT o.name, ? FROM sources o WHERE o.next_poll_at > ? - "
+                "max(?, coalesce(o.next_poll_at - o.last_poll_at, 0)) "
+                "AND o.name NOT IN (SELECT value FROM json_each(?))"
+            )
+            params += [len(names), scheduled_at, SCHEDULED_GRACE, listed]
         where: list[str] = []
-        params: list[Any] = [orjson.dumps(list(names)).decode()]
         if match:
-            where.append("instr(lower(j.value), ?) > 0")
+            where.append("instr(lower(j.name), ?) > 0")
             params.append(match.lower())
         if failing:
             where.append("s.failures > 0")
-        rest = "FROM json_each(?) j LEFT JOIN sources s ON s.name = j.value " + (
+        if only is not None:
+            where.append("j.name = ?")
+            params.append(only)
+        rest = f"FROM ({listing}) j LEFT JOIN sources s ON s.name = j.name " + (
             f"WHERE {' AND '.join(where)}" if where else ""
         )
         total: int = self.conn.execute(f"SELECT count(*) {rest}", params).fetchone()[0]
         if limit == 0:
             return total, []
         page = self.conn.execute(
-            f"SELECT j.value, {_STORED} {rest} ORDER BY j.key LIMIT ? OFFSET ?",
+            f"SELECT j.name, {_STORED} {rest} ORDER BY j.n, j.name LIMIT ? OFFSET ?",
             (*params, -1 if limit is None else limit, offset),
         )
         return total, [SourceRow(r[0]) if r[1] is None else row_from(r[1:]) for r in page]
@@ -180,6 +197,7 @@ class SqliteAdmin:
         *,
         status: DeliveryStatus | None = None,
         webhook: str | None = None,
+        source: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Deliveries, newest first, with attempt counts and the last error."""
@@ -195,6 +213,9 @@ class SqliteAdmin:
         if webhook:
             sql += " AND d.webhook = ?"
             params.append(webhook)
+        if source:
+            sql += " AND d.source = ?"
+            params.append(source)
         sql += " ORDER BY d.id DESC LIMIT ?"
         params.append(limit)
         return list(self.database.db.query(sql, params))

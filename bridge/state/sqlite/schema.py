@@ -9,7 +9,8 @@ import sqlite3
 # 6: poll leases move to a table of their own (poll_leases);
 # 7: sources.item_model (the fingerprint of the items/key a snapshot was taken under);
 #    instances (the registry of Coordination.register/heartbeat)
-SCHEMA_VERSION = 7
+# 8: confirmations (the changes waiting for `confirm:`)
+SCHEMA_VERSION = 8
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -43,6 +44,15 @@ CREATE TABLE IF NOT EXISTS items (
     key TEXT NOT NULL,
     hash TEXT NOT NULL,
     content BLOB NOT NULL,
+    PRIMARY KEY (source, key)
+) WITHOUT ROWID;
+-- Changes waiting for `confirm:`: the candidate content hash of an item ('-': removed) and how
+-- many successful polls in a row saw it.
+CREATE TABLE IF NOT EXISTS confirmations (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    seen INTEGER NOT NULL,
     PRIMARY KEY (source, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS polls (

@@ -12,8 +12,8 @@ import orjson
 
 from bridge.model import PollCommit, SourceRow
 from bridge.state.base import Touched
+from bridge.state.rows import SOURCE_COLUMNS, poll_rows, row_from, row_values
 from bridge.state.sqlite.connection import Database, chunks
-from bridge.state.sqlite.rows import SOURCE_COLUMNS, row_from, row_values
 
 _N_COLUMNS = len(SOURCE_COLUMNS.split(","))
 # An upsert updates the row in place, cheaper than INSERT OR REPLACE's delete and insert.
@@ -29,12 +29,9 @@ _TOUCH_SOURCE = (
     "UPDATE sources SET last_poll_at = ?, next_poll_at = ?, last_result = ? "
     "WHERE name = ? AND baselined = 1"
 )
-# Writing a poll ends the lease it ran under: its (source, token) is taken out, and a lease not
-# found is one the poll had lost (the fence), in one statement.
-_END_LEASES = (
-    "DELETE FROM poll_leases WHERE owner = ? AND (name, token) IN "
-    "(SELECT value ->> 0, value ->> 1 FROM json_each(?)) RETURNING name"
-)
+# Writing a poll ends the lease it ran under: its (source, owner, token) row is taken out. When
+# every one was there (the usual case), no poll had lost its lease; the fence needs no read.
+_END_LEASE = "DELETE FROM poll_leases WHERE name = ? AND token = ? AND owner = ?"
 
 
 class SqliteSnapshots:
@@ -70,6 +67,13 @@ class SqliteSnapshots:
         """key -> compared-content hash of every stored item of a source."""
         rows = self.conn.execute("SELECT key, hash FROM items WHERE source = ?", (source,))
         return dict(rows.fetchall())
+
+    def confirmations(self, source: str) -> dict[str, tuple[str, int]]:
+        """key -> (candidate hash, polls that saw it) of the source's changes awaiting confirm."""
+        rows = self.conn.execute(
+            "SELECT key, hash, seen FROM confirmations WHERE source = ?", (source,)
+        )
+        return {key: (h, seen) for key, h, seen in rows}
 
     def item_contents(self, source: str, keys: Sequence[str]) -> dict[str, Any]:
         """key -> stored item (parsed) for the given keys."""
@@ -125,6 +129,19 @@ class SqliteSnapshots:
             written = [c for c in commits if c.upserts or c.deletes or c.events or c.history]
             if written:
                 _write_polls(conn, written)
+            held = [c for c in commits if c.confirmations is not None]
+            if held:
+                conn.executemany(
+                    "DELETE FROM confirmations WHERE source = ?", [(c.row.name,) for c in held]
+                )
+                conn.executemany(
+                    "INSERT INTO confirmations (source, key, hash, seen) VALUES (?, ?, ?, ?)",
+                    [
+                        (c.row.name, key, h, seen)
+                        for c in held
+                        for key, (h, seen) in (c.confirmations or {}).items()
+                    ],
+                )
         return refused
 
     @staticmethod
@@ -148,60 +165,57 @@ class SqliteSnapshots:
         held = [(name, token) for name, token in leases if token is not None]
         if not held:
             return set()
-        rows = conn.execute(_END_LEASES, (self.owner, orjson.dumps(held).decode()))
-        ended = {name for (name,) in rows}
-        return {name for name, _ in held if name not in ended}
+        owner = self.owner
+        conn.execute("SAVEPOINT end_leases")
+        ended = conn.executemany(_END_LEASE, [(n, t, owner) for n, t in held]).rowcount
+        if ended != len(held):  # some were lost: find which, and end only the others
+            conn.execute("ROLLBACK TO end_leases")
+            current = {
+                name: (who, token)
+                for chunk in chunks([n for n, _ in held])
+                for name, who, token in conn.execute(
+                    "SELECT name, owner, token FROM poll_leases "
+                    f"WHERE name IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            }
+            lost = {n for n, t in held if current.get(n) != (owner, t)}
+            conn.executemany(_END_LEASE, [(n, t, owner) for n, t in held if n not in lost])
+        else:
+            lost = set()
+        conn.execute("RELEASE end_leases")
+        return lost
 
 
 def _write_polls(conn: sqlite3.Connection, commits: list[PollCommit]) -> None:
     # One statement of each kind for the whole batch (`once` writes up to 2,000 polls at a
     # time): a statement per poll cost more than the rows it wrote. Row order is kept, so
     # deliveries still take ids in the order of their events.
-    upserts = [(c.row.name, *upsert) for c in commits for upsert in c.upserts]
-    if upserts:
+    rows = poll_rows(commits)
+    if rows.upserts:
         conn.executemany(
             "INSERT INTO items (source, key, hash, content) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (source, key) DO UPDATE SET hash = excluded.hash, "
             "content = excluded.content",
-            upserts,
+            rows.upserts,
         )
-    deletes = [(c.row.name, key) for c in commits for key in c.deletes]
-    if deletes:
-        conn.executemany("DELETE FROM items WHERE source = ? AND key = ?", deletes)
-    events = [ev for c in commits for ev in c.events]
-    if events:
+    if rows.deletes:
+        conn.executemany("DELETE FROM items WHERE source = ? AND key = ?", rows.deletes)
+    if rows.events:
         conn.executemany(
             "INSERT INTO events (id, source, type, key, created_at, body) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [(ev.id, ev.source, ev.type, ev.key, ev.created_at, ev.body) for ev in events],
+            rows.events,
         )
         conn.executemany(
             "INSERT INTO deliveries (event_seq, webhook, source, status, next_attempt_at, "
             "created_at, updated_at) "
             "SELECT seq, ?, source, 'pending', ?, ?, ? FROM events WHERE id = ?",
-            [
-                (webhook, at, at, at, ev.id)
-                for c in commits
-                for at in (c.row.last_poll_at or 0.0,)
-                for ev in c.events
-                for webhook in ev.webhooks
-            ],
+            [(webhook, at, at, at, event_id) for event_id, webhook, at in rows.deliveries],
         )
-    history = [
-        (
-            c.row.name,
-            c.row.last_poll_at or 0.0,
-            c.result,
-            c.duration,
-            c.row.last_error,
-            len(c.events),
-        )
-        for c in commits
-        if c.history
-    ]
-    if history:
+    if rows.history:
         conn.executemany(
             "INSERT INTO polls (source, at, result, duration, error, events) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            history,
+            rows.history,
         )
