@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.sources import github, github_app, github_budget
+from bridge.sources.tokens import TokenCache
 from tests.conftest import STDOUT, ThreadedServer, bridge_config, engine_for, run_cli
 
 APP_ID = 123456
@@ -107,8 +108,7 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> dict[Any, github_budget.Budget]:
     """Fresh budgets and installation tokens per test: both live as long as the process."""
     registry: dict[Any, github_budget.Budget] = {}
     monkeypatch.setattr(github_budget, "_budgets", registry)
-    monkeypatch.setattr(github_app, "_tokens", {})
-    monkeypatch.setattr(github_app, "_locks", {})
+    monkeypatch.setattr(github_app, "_tokens", TokenCache())
     return registry
 
 

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from bridge.sources import oauth2
+from bridge.sources.tokens import TokenCache
 from tests.conftest import (
     STDOUT,
     Origin,
@@ -84,8 +85,7 @@ class TokenServer:
 @pytest.fixture(autouse=True)
 def fresh_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fresh token cache per test: tokens otherwise live as long as the process."""
-    monkeypatch.setattr(oauth2, "_tokens", {})
-    monkeypatch.setattr(oauth2, "_locks", {})
+    monkeypatch.setattr(oauth2, "_tokens", TokenCache())
 
 
 @pytest.fixture

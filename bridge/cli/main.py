@@ -32,10 +32,11 @@ from bridge.cli.common import (
 )
 from bridge.cli.polls import once, poll
 from bridge.cli.queue import discard, replay
-from bridge.cli.tables import print_table, relative, when
+from bridge.cli.tables import print_table
 from bridge.cli.tools import demo, init, listen
 from bridge.config import Config, ConfigProblems, redacted
 from bridge.service import logs
+from bridge.service.times import relative, when
 from bridge.state import State
 
 LEVELS = ["debug", "info", "warning", "error"]

@@ -8,7 +8,6 @@ key nor a token ever reaches a message; a key that cannot be read names its file
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from bridge.errors import SourceError
 from bridge.http import HttpClient, display
+from bridge.sources.tokens import Token, TokenCache
 
 KEYS = frozenset({"app_id", "installation_id", "private_key_file", "private_key"})
 RENEW_BEFORE = 300.0  # GitHub's tokens live an hour: a fresh one 5 minutes before the end
@@ -46,14 +46,8 @@ class App:
         return (self.api_url, self.app_id, self.installation_id)
 
 
-@dataclass(frozen=True)
-class _Token:
-    value: str
-    renew_at: float
-
-
-_tokens: dict[tuple[str, str, str], _Token] = {}
-_locks: dict[tuple[str, str, str], tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
+# Installation tokens by (api_url, app id, installation id); renew_at on clock().
+_tokens: TokenCache[tuple[str, str, str]] = TokenCache()
 
 
 def _is_id(value: Any) -> bool:
@@ -126,32 +120,15 @@ def app_jwt(app: App, now: float) -> str:
 
 async def installation_token(http: HttpClient, app: App, timeout: float) -> str:
     """The installation's current token, fetched when there is none or it is due."""
-    token = _tokens.get(app.cache_key)
-    if token is not None and clock() < token.renew_at:
-        return token.value
-    async with _lock(app.cache_key):
-        token = _tokens.get(app.cache_key)  # another source may have fetched it meanwhile
-        if token is None or clock() >= token.renew_at:
-            token = _tokens[app.cache_key] = await _fetch(http, app, timeout)
-        return token.value
+    return await _tokens.get(app.cache_key, clock, lambda: _fetch(http, app, timeout))
 
 
 def forget(app: App, value: str) -> None:
     """Drop the installation token if it is still `value` (GitHub refused it with a 401)."""
-    token = _tokens.get(app.cache_key)
-    if token is not None and token.value == value:
-        del _tokens[app.cache_key]
+    _tokens.forget(app.cache_key, value)
 
 
-def _lock(key: tuple[str, str, str]) -> asyncio.Lock:
-    loop = asyncio.get_running_loop()
-    held = _locks.get(key)
-    if held is None or held[0] is not loop:
-        held = _locks[key] = (loop, asyncio.Lock())
-    return held[1]
-
-
-async def _fetch(http: HttpClient, app: App, timeout: float) -> _Token:
+async def _fetch(http: HttpClient, app: App, timeout: float) -> Token:
     url = f"{app.api_url}/app/installations/{app.installation_id}/access_tokens"
     where = f"GitHub App installation token from {display(url)}"
     now = clock()
@@ -188,7 +165,7 @@ async def _fetch(http: HttpClient, app: App, timeout: float) -> _Token:
         raise SourceError(f"{where}: the answer has no expires_at")
     # 5 minutes before the end, or halfway for a token that lives less than 10 minutes.
     margin = min(RENEW_BEFORE, max(0.0, expires - now) / 2)
-    return _Token(value, expires - margin)
+    return Token(value, expires - margin)
 
 
 def _timestamp(value: Any) -> float | None:

@@ -8,7 +8,6 @@ reach a message: failures name the token URL's display form and the endpoint's `
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,6 +19,7 @@ import orjson
 
 from bridge.errors import SourceError
 from bridge.http import HttpClient, Response, display
+from bridge.sources.tokens import Token, TokenCache
 
 T = TypeVar("T")
 
@@ -58,15 +58,8 @@ class Client:
         return (self.token_url, self.client_id)
 
 
-@dataclass(frozen=True)
-class _Token:
-    value: str
-    renew_at: float  # clock(); inf when the endpoint gave no expires_in
-
-
-_tokens: dict[tuple[str, str], _Token] = {}
-# One lock per key and event loop: a lock is bound to the loop it first waited in.
-_locks: dict[tuple[str, str], tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
+# Access tokens by (token URL, client id); renew_at on clock(), inf without an expires_in.
+_tokens: TokenCache[tuple[str, str]] = TokenCache()
 
 
 def check_oauth2(conf: Any) -> list[tuple[str, str]]:
@@ -95,23 +88,12 @@ def renew_at(issued: float, expires_in: float) -> float:
 
 async def bearer(http: HttpClient, client: Client, timeout: float) -> str:
     """The client's current access token, fetched when there is none or it is due."""
-    token = _tokens.get(client.key)
-    if token is not None and clock() < token.renew_at:
-        return token.value
-    async with _lock(client.key):
-        token = _tokens.get(client.key)  # another source may have fetched it meanwhile
-        if token is not None and clock() < token.renew_at:
-            return token.value
-        token = await _fetch(http, client, timeout)
-        _tokens[client.key] = token
-        return token.value
+    return await _tokens.get(client.key, clock, lambda: _fetch(http, client, timeout))
 
 
 def forget(client: Client, value: str) -> None:
     """Drop the shared token if it is still `value` (the API refused it with a 401)."""
-    token = _tokens.get(client.key)
-    if token is not None and token.value == value:
-        del _tokens[client.key]
+    _tokens.forget(client.key, value)
 
 
 async def authorized(
@@ -132,15 +114,7 @@ async def authorized(
     return await attempt(f"Bearer {await bearer(http, client, timeout)}")
 
 
-def _lock(key: tuple[str, str]) -> asyncio.Lock:
-    loop = asyncio.get_running_loop()
-    held = _locks.get(key)
-    if held is None or held[0] is not loop:
-        held = _locks[key] = (loop, asyncio.Lock())
-    return held[1]
-
-
-async def _fetch(http: HttpClient, client: Client, timeout: float) -> _Token:
+async def _fetch(http: HttpClient, client: Client, timeout: float) -> Token:
     where = f"oauth2 token from {display(client.token_url)}"
     form = {"grant_type": "client_credentials"}
     if client.scope is not None:
@@ -170,7 +144,7 @@ async def _fetch(http: HttpClient, client: Client, timeout: float) -> _Token:
     return _token_of(response, client, where, issued)
 
 
-def _token_of(response: Response, client: Client, where: str, issued: float) -> _Token:
+def _token_of(response: Response, client: Client, where: str, issued: float) -> Token:
     try:
         doc = orjson.loads(response.body)
     except orjson.JSONDecodeError:
@@ -191,8 +165,8 @@ def _token_of(response: Response, client: Client, where: str, issued: float) -> 
     if isinstance(expires_in, str) and expires_in.isdigit():
         expires_in = int(expires_in)  # some endpoints send it as a string
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
-        return _Token(value, renew_at(issued, float(expires_in)))
-    return _Token(value, float("inf"))  # no lifetime given: kept until the API refuses it
+        return Token(value, renew_at(issued, float(expires_in)))
+    return Token(value, float("inf"))  # no lifetime given: kept until the API refuses it
 
 
 def _scrub(text: str, client: Client) -> str:

@@ -7,7 +7,6 @@ seconds (X-Bridge-Fragment: 1) and swaps it in, so one template draws both.
 from __future__ import annotations
 
 import datetime
-import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,6 +16,7 @@ from aiohttp import web
 from bridge.service.console.auth import Guard
 from bridge.service.console.core import PAGE, ApiError, Console
 from bridge.service.console.views import changes, pretty
+from bridge.service.times import relative
 
 REFRESH_MS = 3000  # how often an open page fetches its live part again
 
@@ -29,25 +29,9 @@ ENV = jinja2.Environment(
 )
 
 
-def span(seconds: float) -> str:
-    """A length of time in its largest unit: 45s, 3m, 2h, 4d."""
-    seconds = abs(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
-
 def ago(ts: float | None, past: str | None = None) -> str:
-    """Like "2m ago", "in 3m", "now" or "-"; `past` replaces "... ago" (a due next poll)."""
-    if ts is None:
-        return "-"
-    delta = ts - time.time()
-    if abs(delta) < 1:
-        return "now"
-    if delta > 0:
-        return f"in {span(delta)}"
-    return past if past is not None else f"{span(delta)} ago"
+    """Like "2m ago", "in 3m", "now" or "-", as the command's tables say it."""
+    return relative(ts, past=past)
 
 
 def iso(ts: float | None) -> str:
