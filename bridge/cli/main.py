@@ -30,9 +30,10 @@ from bridge.cli.common import (
     open_config_state,
     run_async,
 )
+from bridge.cli.copy import copy_state_command
 from bridge.cli.polls import once, poll
 from bridge.cli.queue import discard, replay
-from bridge.cli.tables import print_table
+from bridge.cli.tables import print_instances, print_table
 from bridge.cli.tools import demo, init, listen
 from bridge.config import Config, ConfigProblems, redacted
 from bridge.service import logs
@@ -93,7 +94,7 @@ def main(config: str | None, log_level: str, log_format: str, busy_timeout: floa
     logs.setup(log_level, log_format)
 
 
-for _command in (once, poll, replay, discard, init, listen, demo):
+for _command in (once, poll, replay, discard, init, listen, demo, copy_state_command):
     main.add_command(_command)
 
 
@@ -156,7 +157,8 @@ def _listing(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object).")
 @handle_errors
 def status(config_path: str | None, as_json: bool) -> int:
-    """Per source: last poll, result, last change, next poll, failures; per webhook: queue."""
+    """Per source: last poll, result, last change, next poll, failures; the live instances;
+    per webhook: queue."""
     config = load_for_queue(config_path)
     state = open_config_state(config)
     try:
@@ -164,6 +166,7 @@ def status(config_path: str | None, as_json: bool) -> int:
         _, page = state.admin.sources([spec.name for spec in config.sources])
         counts = state.admin.delivery_counts(config.webhooks)
         running = state.coordination.daemon_running()
+        instances = state.admin.instances(time.time())
     finally:
         state.close()
     rows = {row.name: row for row in page}
@@ -192,7 +195,8 @@ def status(config_path: str | None, as_json: bool) -> int:
         if name not in config.webhooks and (n["pending"] or n["dead"])
     ]
     if as_json:
-        click.echo(orjson.dumps({"sources": sources, "webhooks": webhooks}).decode())
+        doc = {"sources": sources, "instances": instances, "webhooks": webhooks}
+        click.echo(orjson.dumps(doc).decode())
         return EXIT_OK
     now = time.time()
     failing = [s for s in sources if s["failures"] and s["error"]]
@@ -205,6 +209,9 @@ def status(config_path: str | None, as_json: bool) -> int:
     )
     for s in failing:
         click.echo(f"  {s['name']}: {s['error']}")
+    if instances:  # PostgreSQL's: a state file's daemon does not register (see the last line)
+        click.echo()
+        print_instances(instances, now)
     click.echo()
     waiting = [w["name"] for w in webhooks if not w["configured"] and w["pending"]]
     for w in webhooks:

@@ -1,6 +1,6 @@
 """The dispatcher: owns one delivery worker per webhook. It starts and stops them, drains them
 (`bridge once`), replaces them when a reload changes a webhook, and wakes them when polls
-commit new deliveries."""
+commit new deliveries (this process's, or, heard through the state, another's)."""
 
 from __future__ import annotations
 
@@ -44,9 +44,11 @@ class Dispatcher:
             spec, self.outbox, self.http, out=self.out, observer=self.observer, clock=self.clock
         )
 
-    def wake(self, webhooks: Iterable[str]) -> None:
-        """New deliveries to these webhooks may be due: their workers look now."""
-        for name in webhooks:
+    def wake(self, webhooks: Iterable[str] | None) -> None:
+        """New deliveries to these webhooks may be due: their workers look now. None: every
+        webhook (the state heard of new deliveries without their webhooks, or may have missed
+        some: bridge.state.base.State.watch_deliveries)."""
+        for name in self.workers if webhooks is None else webhooks:
             worker = self.workers.get(name)
             if worker is not None:
                 worker.wake()

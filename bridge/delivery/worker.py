@@ -33,8 +33,10 @@ log = logging.getLogger("bridge.deliver")
 # write that may wait out the state file's busy timeout (5 s) behind another process. A lease
 # that ran out first would let another process send a delivered event again (README: 30 s).
 LEASE_MARGIN = 30.0
-# How often an idle worker looks for deliveries queued by another process (`bridge replay`).
-IDLE_RECHECK = 2.0
+# How often an idle worker looks for deliveries queued where no wake reached it: by another
+# process on a state file (`bridge replay`), or by another instance while this one's state was
+# not listening (bridge.state.base.State.watch_deliveries). A look is a small read or two.
+IDLE_RECHECK = 1.0
 
 
 Observer = Callable[[str, str], None]  # (webhook, result) for metrics

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -143,12 +143,20 @@ class Engine:
 
     # --- leases ------------------------------------------------------------------------------
 
-    def lease(self, names: list[str]) -> list[str]:
+    def lease(
+        self,
+        names: list[str],
+        *,
+        anywhere: bool = False,
+        strays: Mapping[str, float] | None = None,
+    ) -> list[str]:
         """Lease these sources for a poll each; returns those granted, in order.
 
         A source is refused while a poll of it holds its lease: still running here, or in
-        another process. Polls done here but not yet written are written first, since writing
-        a poll is what ends its lease.
+        another process; and, among daemons sharing the state, when another daemon schedules
+        it, unless `anywhere` (Coordination.lease_polls) or it is one of the `strays` (name ->
+        seconds) that nobody else polled for that long (Coordination.lease_strays). Polls done
+        here but not yet written are written first, since writing a poll ends its lease.
         """
         if not (
             self._touched.keys().isdisjoint(names)
@@ -158,9 +166,19 @@ class Engine:
             self.flush()
         now = time.time()
         until = now + self._lease_length
-        granted = self.state.coordination.lease_polls(names, now, until)
+        coordination = self.state.coordination
+        if strays is not None:
+            granted = coordination.lease_strays(strays, now, until)
+        else:
+            granted = coordination.lease_polls(names, now, until, anywhere=anywhere)
         self._leases.update(granted)
         return [n for n in names if n in granted]
+
+    def refresh_blocks(self) -> None:
+        """Take the hosts that other instances were asked to leave alone (429, Retry-After):
+        one instance's block holds for all of them."""
+        for host, until in self.snapshots.host_blocks(time.time()).items():
+            self.http.block(host, until, new=False)
 
     def release(self, names: list[str]) -> None:
         """Give back the leases of polls that will not run (dropped at shutdown)."""
@@ -214,7 +232,7 @@ class Engine:
         snapshot and events atomically unless dry_run, which takes no lease and writes nothing."""
         lease = self._leases.pop(name, None)
         if lease is None and not dry_run:
-            if not self.lease([name]):
+            if not self.lease([name], anywhere=True):  # a poll asked for, not scheduled
                 log.warning(
                     "poll of %s skipped: another poll of it is still running",
                     name,

@@ -30,6 +30,7 @@ PollFunc = Callable[[str], Coroutine[Any, Any, object]]
 LaneFunc = Callable[[str], "str | None"]  # a source's lane (the host it polls), or None
 # Takes the due sources of one wake-up and returns those that may be polled now, in order: the
 # engine's lease (one poll of a source at a time is the state's promise, not the scheduler's).
+# It says why it refused those it refused: the scheduler only skips them this turn.
 ClaimFunc = Callable[[list[str]], list[str]]
 DropFunc = Callable[[list[str]], None]  # claimed sources whose polls will not run after all
 
@@ -267,11 +268,6 @@ class Scheduler:
         except Exception:
             log.exception("could not claim %d due sources", len(due))
             return
-        if len(granted) < len(due):
-            for name in sorted(set(due) - set(granted)):
-                log.warning(
-                    "poll of %s skipped: its last poll has not finished (here or elsewhere)", name
-                )
         for name in granted:
             self._start(name)
 

@@ -188,12 +188,12 @@ class GitHubSource(Source):
         installation = str(app_conf["installation_id"]) if app_conf is not None else None
         budget = budget_for(self._api, token, installation=installation)
         budget.users[self.name] = now
-        if not budget.recalled:
-            # A wait an earlier run was told (kept in the state file): `bridge once` from cron
-            # must not spend a request every run on a token that is spent until the reset.
-            budget.recalled = True
-            if (earlier := http.blocked_until(budget.key)) is not None:
-                budget.block(earlier, f"GitHub rate limit for {self._who} (from an earlier run)")
+        # A wait an earlier run or another instance was told (kept in the state, read back by
+        # the engine): `bridge once` from cron, or the next instance on a shared state, must
+        # not spend a request on a token that is spent until the reset.
+        if (told := http.blocked_until(budget.key)) is not None and told > budget.blocked_until:
+            reason = f"GitHub rate limit for {self._who} (from an earlier run or instance)"
+            budget.block(told, reason)
         if budget.blocked_until > now:
             raise SourceError(
                 f"{budget.reason}: no request before {until(budget.blocked_until, now)} "

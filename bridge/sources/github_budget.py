@@ -26,9 +26,8 @@ class Budget:
     strikes: int = 0  # secondary rate limit answers in a row
     users: dict[str, float] = field(default_factory=dict)  # source name -> its last poll
     # What the HTTP client keeps this token's waits under, for the state file: with a space,
-    # so it is never a real host's key. `recalled` once the wait kept there has been read.
+    # so it is never a real host's key.
     key: str = ""
-    recalled: bool = False
 
     def observe(self, headers: Mapping[str, str], now: float) -> None:
         """Take x-ratelimit-limit/-remaining/-reset from an answer of the `core` resource."""

@@ -9,7 +9,9 @@ promise written here: a second process on the same state must be able to rely on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bridge.model import Delivery, DeliveryStatus, Finished, PollCommit, SourceRow
@@ -24,6 +26,35 @@ Touched = tuple[SourceRow, int | None]
 # a dead instance's sources move on within 30 s.
 HEARTBEAT_INTERVAL = 5.0
 INSTANCE_TIMEOUT = 15.0
+
+# Daemons sharing one state split the sources into this many shards (shard_of) and each holds a
+# fair share of them (Coordination.share): enough that 30 instances get within 4 % of an even
+# split, few enough that renewing all of them is one small statement per beat.
+SHARDS = 256
+
+
+def shard_of(name: str) -> int:
+    """The shard a source belongs to: a hash of its name, the same in every process and version
+    (CRC-32, not hash(): Python salts that per process)."""
+    return zlib.crc32(name.encode()) % SHARDS
+
+
+@dataclass(frozen=True)
+class Share:
+    """An instance's part of the sources, from Coordination.share.
+
+    `held`: the shards it holds now and schedules. `surplus`: those of `held` above its fair
+    share, wanted by an instance that joined; it stops scheduling them, writes what their polls
+    left unwritten, and gives them back (Coordination.give_back). `agreed`: whether every live
+    instance configures the same sources; while they differ (a rolling config change), a
+    source whose shard is held by an instance without it in its config is polled by one that
+    has it (Coordination.lease_strays).
+    """
+
+    held: frozenset[int]
+    surplus: frozenset[int] = frozenset()
+    agreed: bool = True
+
 
 # Admin.sources(scheduled_at=...): a stored source no name given lists is still scheduled by some
 # instance while its next poll is ahead, or overdue by less than this (seconds) or by less than
@@ -158,6 +189,10 @@ class Admin(Protocol):
     def pending_by_webhook(self) -> dict[str, int]:
         """webhook -> how many deliveries are pending for it."""
 
+    def instances(self, now: float) -> list[dict[str, Any]]:
+        """The live instances (a heartbeat within INSTANCE_TIMEOUT of `now`), oldest first:
+        id, host, pid, since (registered at) and heartbeat (epoch seconds)."""
+
     def requeue(
         self,
         now: float,
@@ -215,11 +250,36 @@ class Coordination(Protocol):
     def daemon_running(self) -> bool:
         """Whether a `bridge run` (other than this process) uses the state right now."""
 
-    def lease_polls(self, names: Sequence[str], now: float, until: float) -> dict[str, int]:
+    def share(self, now: float, sources: str) -> Share | None:
+        """Renew the shards this instance holds and take free ones up to its fair share; None
+        where one daemon does all the work (SQLite). Called by a daemon once per heartbeat,
+        with a digest of the names of the sources in its config (`sources`).
+
+        The fair share is SHARDS split evenly over the live instances (ranked by id, so every
+        instance computes the same split). A shard is free when no instance holds it or its
+        holder stopped renewing it (dead, paused or cut off) for INSTANCE_TIMEOUT. A shard
+        this instance held that another took meanwhile is no longer in `held`."""
+
+    def give_back(self, shards: Iterable[int]) -> None:
+        """Release shards this instance holds (its surplus, or all of them when it stops)."""
+
+    def lease_polls(
+        self, names: Sequence[str], now: float, until: float, *, anywhere: bool = False
+    ) -> dict[str, int]:
         """Lease sources for polling until `until`; returns name -> lease token for those
         granted. A source is granted only when no live lease holds it (released, expired, or
         held by a process that is gone): so a source is polled by one process at a time, and
-        one poll at a time within it. A lease ends with the poll's commit (commit_polls)."""
+        one poll at a time within it. A lease ends with the poll's commit (commit_polls).
+
+        Once this instance takes part in share(), a source is granted only while its shard is
+        held here, unless `anywhere` (a poll a user asked for): an instance that lost a shard
+        and has not heard yet cannot poll the sources the new holder schedules."""
+
+    def lease_strays(self, strays: Mapping[str, float], now: float, until: float) -> dict[str, int]:
+        """Lease sources of shards held elsewhere (name -> seconds), like lease_polls; each is
+        granted only when this instance polled it last or nobody has for its seconds: the
+        holder of its shard does not have it in its config. The holder wins again once it
+        has it: its poll makes this instance no longer the last to poll."""
 
     def release_polls(self, leases: Mapping[str, int]) -> None:
         """Release leases whose polls will not commit (dropped before they ran)."""
@@ -264,3 +324,37 @@ class State(Protocol):
 
     def close(self) -> None:
         """Close the state's connections."""
+
+    @property
+    def transfer(self) -> Transfer:
+        """Copying the whole state out, or into an empty one (`bridge copy-state`)."""
+
+    def watch_deliveries(self, wake: Callable[[set[str] | None], object]) -> None:
+        """Until close(), call `wake(webhooks)` from a thread of the state's own whenever some
+        connection commits new pending deliveries (replay, another instance's polls), with the
+        webhooks they are for; None: any webhook (they may have been missed, or are too many
+        to name). Best effort: a wake can come late or not at all (the server away), so the
+        delivery workers still look on their own. A backend where no other process delivers
+        from the state (SQLite: one daemon per file) does nothing."""
+
+
+# A copy's rows (Transfer), backend-neutral: a table's name (bridge.state.copy.TABLES) and a
+# batch of its rows, each a dict keyed by column name, with plain Python values (booleans as
+# bool, blobs as bytes, times as epoch seconds).
+Rows = tuple[str, list[dict[str, Any]]]
+
+
+class Transfer(Protocol):
+    """A whole state read out and written into another backend's (`bridge copy-state`)."""
+
+    def export_rows(self, batch: int = 1000) -> Iterable[Rows]:
+        """The copied tables' rows, table after table in the order of bridge.state.copy.TABLES,
+        in batches of at most `batch`, read in one transaction: a consistent snapshot however
+        much a daemon writes meanwhile. Only pending and dead deliveries (and their attempts)
+        are read; the source rows without their poll leases. Closing the iterator ends it."""
+
+    def import_rows(self, batches: Iterable[Rows]) -> dict[str, int]:
+        """Write exported rows into this state, which must hold no source, event or delivery
+        (bridge.state.copy.NotEmpty otherwise), all in one transaction or nothing. Rows keep
+        their ids, so events keep their `webhook-id`s and deliveries their order, and ids made
+        later come after every copied one. Returns how many rows each table got."""

@@ -10,8 +10,10 @@ from bridge.errors import StateError
 from bridge.state.postgresql.admin import PostgresAdmin
 from bridge.state.postgresql.connection import Database
 from bridge.state.postgresql.coordination import PostgresCoordination, new_instance_id
+from bridge.state.postgresql.listen import DeliveryListener, Wake
 from bridge.state.postgresql.outbox import PostgresOutbox
 from bridge.state.postgresql.snapshots import PostgresSnapshots
+from bridge.state.postgresql.transfer import PostgresTransfer
 
 
 class PostgresState:
@@ -25,6 +27,8 @@ class PostgresState:
         self.outbox = PostgresOutbox(self.database)
         self.admin = PostgresAdmin(self.database)
         self.coordination = PostgresCoordination(self.database, instance_id)
+        self.transfer = PostgresTransfer(self.database)  # bridge copy-state
+        self.listener: DeliveryListener | None = None  # watch_deliveries()
 
     def writable(self) -> bool:
         """Whether the server takes a write now (its own connection, short timeouts)."""
@@ -35,8 +39,19 @@ class PostgresState:
         every few seconds). A database dropped under it shows as exactly that."""
         return self.database.write_error
 
+    def watch_deliveries(self, wake: Wake) -> None:
+        """Call `wake(webhooks)` (from a thread of its own) whenever any instance or command
+        commits new pending deliveries, until close(): LISTEN/NOTIFY (listen.py)."""
+        if self.listener is not None:
+            self.listener.close()
+        self.listener = DeliveryListener(self.database, wake)
+
     def close(self) -> None:
-        """Release this instance's poll leases, leave the registry, close the pool."""
+        """Stop listening, release this instance's poll leases, leave the registry, close the
+        pool."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
         try:
             self.coordination.release_daemon()
             self.coordination.release_all()

@@ -1,5 +1,6 @@
-"""PostgreSQL as the commands see it: listings of sources, events and deliveries, counts, replay
-and discard, and retention's trim."""
+"""PostgreSQL as the commands see it: listings of sources, events, deliveries and live instances,
+counts, replay and discard (a replay wakes every instance's workers: listen.py), and retention's
+trim."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bridge.model import DeliveryStatus, SourceRow
-from bridge.state.base import SCHEDULED_GRACE
+from bridge.state.base import INSTANCE_TIMEOUT, SCHEDULED_GRACE
 from bridge.state.postgresql.connection import Database
+from bridge.state.postgresql.listen import notify_deliveries
 from bridge.state.rows import SOURCE_COLUMNS, row_from
 
 # The stored columns of a source row, read beside the asked-for name (which a row may lack).
@@ -48,11 +50,17 @@ class PostgresAdmin:
             where.append("webhook = ANY(%s)")
             params.append(list(webhooks))
         with self.database.write() as conn:
-            return conn.execute(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = %s, "
-                f"lease_until = NULL, updated_at = %s WHERE {' AND '.join(where)}",
+            # One row back however many are queued: their count and their webhooks (to wake).
+            row = conn.execute(
+                "WITH queued AS (UPDATE deliveries SET status = 'pending', attempts = 0, "
+                "next_attempt_at = %s, lease_until = NULL, updated_at = %s "
+                f"WHERE {' AND '.join(where)} RETURNING webhook) "
+                "SELECT count(*), coalesce(array_agg(DISTINCT webhook), '{}') FROM queued",
                 (now, now, *params),
-            ).rowcount
+            ).fetchone()
+            assert row is not None
+            notify_deliveries(conn, row[1])
+        return int(row[0])
 
     def discard(
         self,
@@ -79,15 +87,21 @@ class PostgresAdmin:
     def add_deliveries(self, event_id: str, webhooks: Sequence[str], now: float) -> int:
         """Queue an event to webhooks it has no delivery for yet (replay to a new webhook)."""
         with self.database.write() as conn:
-            return conn.execute(
-                "INSERT INTO deliveries (event_seq, webhook, source, status, next_attempt_at, "
-                "created_at, updated_at) "
-                "SELECT e.seq, w.webhook, e.source, 'pending', %s, %s, %s "
-                "FROM events e, unnest(%s::text[]) WITH ORDINALITY AS w(webhook, n) "
-                "WHERE e.id = %s AND NOT EXISTS (SELECT 1 FROM deliveries d "
-                "WHERE d.event_seq = e.seq AND d.webhook = w.webhook) ORDER BY w.n",
-                (now, now, now, list(dict.fromkeys(webhooks)), event_id),
-            ).rowcount
+            added = [
+                webhook
+                for (webhook,) in conn.execute(
+                    "INSERT INTO deliveries (event_seq, webhook, source, status, "
+                    "next_attempt_at, created_at, updated_at) "
+                    "SELECT e.seq, w.webhook, e.source, 'pending', %s, %s, %s "
+                    "FROM events e, unnest(%s::text[]) WITH ORDINALITY AS w(webhook, n) "
+                    "WHERE e.id = %s AND NOT EXISTS (SELECT 1 FROM deliveries d "
+                    "WHERE d.event_seq = e.seq AND d.webhook = w.webhook) ORDER BY w.n "
+                    "RETURNING webhook",
+                    (now, now, now, list(dict.fromkeys(webhooks)), event_id),
+                ).fetchall()
+            ]
+            notify_deliveries(conn, added)
+        return len(added)
 
     # --- reading, for the CLI and the console ------------------------------------------------
 
@@ -216,6 +230,14 @@ class PostgresAdmin:
                 "SELECT webhook, count(*) FROM deliveries WHERE status = 'pending' GROUP BY webhook"
             ).fetchall()
         return {webhook: n for webhook, n in rows}
+
+    def instances(self, now: float) -> list[dict[str, Any]]:
+        """The live instances (a heartbeat within INSTANCE_TIMEOUT), oldest first."""
+        return self._dicts(
+            "SELECT id, host, pid, started_at AS since, heartbeat_at AS heartbeat "
+            "FROM instances WHERE heartbeat_at >= %s ORDER BY started_at, id",
+            [now - INSTANCE_TIMEOUT],
+        )
 
     def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
         """Every attempt of one delivery, oldest first."""

@@ -1,11 +1,20 @@
-"""Who polls what on PostgreSQL: the registry of live instances, and poll leases on sources.
+"""Who polls what on PostgreSQL: the registry of live instances, shards, and poll leases.
 
 Any number of daemons share one database. Each registers a row in `instances` and keeps its
 heartbeat fresh from a thread of its own (every HEARTBEAT_INTERVAL); one silent for
-INSTANCE_TIMEOUT counts as dead. A poll lease is three columns of the source's row (owner,
-token, until), as on SQLite; it is free when released, expired, or held by a registered
+INSTANCE_TIMEOUT counts as dead.
+
+Which daemon schedules which source: the sources are split into SHARDS shards (shard_of), and
+each daemon holds a fair share of the rows of `shards` (owner, token, until), renewed once per
+beat by share(); a shard not renewed for INSTANCE_TIMEOUT is free to the others. A daemon's
+scheduler holds only its own shards' sources, in memory, so polling costs no round trip to
+find out whose turn it is (docs/ARCHITECTURE.md has the arithmetic).
+
+A poll lease is three columns of the source's row (owner, token, until), as on SQLite, and
+fences every poll's commit; it is free when released, expired, or held by a registered
 instance that is dead, so a killed instance's sources move on well before their leases end.
-An owner that never registered (a `bridge once`) holds its leases until they expire.
+An owner that never registered (a `bridge once`) holds its leases until they expire. A daemon
+is granted a lease only on a source of a shard it holds.
 """
 
 from __future__ import annotations
@@ -15,10 +24,10 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from bridge.errors import StateError
-from bridge.state.base import HEARTBEAT_INTERVAL, INSTANCE_TIMEOUT
+from bridge.state.base import HEARTBEAT_INTERVAL, INSTANCE_TIMEOUT, SHARDS, Share, shard_of
 from bridge.state.postgresql.connection import Database
 
 # A dead instance's row is kept this long (seconds), so that its leases stay judged by it
@@ -33,13 +42,17 @@ def new_instance_id() -> str:
     return f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-_GRANT = """
-WITH free AS MATERIALIZED (
-    SELECT s.name FROM sources s
-    WHERE s.name = ANY(%(names)s)
-      AND (s.lease_until IS NULL OR s.lease_until < %(now)s
+def _grant(wanted: str, allowed: str) -> str:
+    """The statement that leases the `wanted` sources (a FROM item `w` with their names) whose
+    lease is free and that `allowed` (a condition on `s` and `w`) lets this owner poll."""
+    return f"""
+WITH w AS ({wanted}),
+free AS MATERIALIZED (
+    SELECT s.name FROM sources s JOIN w ON w.name = s.name
+    WHERE (s.lease_until IS NULL OR s.lease_until < %(now)s
            OR EXISTS (SELECT 1 FROM instances i WHERE i.id = s.lease_owner
                       AND i.heartbeat_at < %(dead_before)s))
+      AND {allowed}
     ORDER BY s.name
     FOR UPDATE OF s SKIP LOCKED
 )
@@ -48,6 +61,19 @@ UPDATE sources s SET lease_owner = %(owner)s, lease_token = s.lease_token + 1,
 FROM free WHERE s.name = free.name
 RETURNING s.name, s.lease_token
 """
+
+
+# A daemon: only the sources of its own shards, unless `anywhere` (a poll asked for, `once`).
+_GRANT = _grant(
+    "SELECT * FROM unnest(%(names)s::text[], %(shards)s::int[]) AS u(name, shard)",
+    """(%(anywhere)s OR EXISTS (SELECT 1 FROM shards h WHERE h.shard = w.shard
+                                 AND h.owner = %(owner)s AND h.until >= %(now)s))""",
+)
+# A stray: polled last here (its lease's owner is kept after the commit), or by nobody lately.
+_GRANT_STRAYS = _grant(
+    "SELECT * FROM unnest(%(names)s::text[], %(after)s::float8[]) AS u(name, after)",
+    "(s.lease_owner = %(owner)s OR s.last_poll_at IS NULL OR s.last_poll_at < %(now)s - w.after)",
+)
 # SKIP LOCKED: a row another instance is leasing (or committing) right now is not ours to take.
 # A row changed since this statement's snapshot is re-read before it is locked (PostgreSQL's
 # re-check of a locked row's WHERE), so a lease granted a moment ago is seen and refused.
@@ -60,6 +86,8 @@ class PostgresCoordination:
         self.database = database
         self.instance_id = instance_id
         self._leased = False  # whether this instance ever took a lease (close releases them)
+        self._sharing = False  # whether this instance takes part in share()
+        self._shards: dict[int, int] = {}  # the shards held: shard -> token
         self._registered = False
         self._beating: threading.Event | None = None
         self._beater: threading.Thread | None = None
@@ -107,11 +135,14 @@ class PostgresCoordination:
                 pass
 
     def release_daemon(self) -> None:
-        """Stop the heartbeat and leave the registry (a no-op when not held)."""
+        """Stop the heartbeat, give back the shards and leave the registry (a no-op when not
+        held)."""
         if self._beating is not None and self._beater is not None:
             self._beating.set()
             self._beater.join()
             self._beating = self._beater = None
+        if self._shards:
+            self.give_back(list(self._shards))
         if self._registered:
             with self.database.write() as conn:
                 conn.execute("DELETE FROM instances WHERE id = %s", (self.instance_id,))
@@ -127,14 +158,86 @@ class PostgresCoordination:
             ).fetchone()
         return row is not None
 
+    # --- shards ----------------------------------------------------------------------------
+
+    def share(self, now: float, sources: str) -> Share:
+        """Renew the shards held here, and take free ones up to this instance's fair share."""
+        self._sharing = True
+        until = now + INSTANCE_TIMEOUT
+        with self.database.write() as conn:
+            conn.execute(
+                "UPDATE instances SET sources = %s WHERE id = %s", (sources, self.instance_id)
+            )
+            instances = conn.execute(
+                "SELECT id, sources FROM instances WHERE heartbeat_at >= %s OR id = %s ORDER BY id",
+                (now - INSTANCE_TIMEOUT, self.instance_id),
+            ).fetchall()
+            live = [row[0] for row in instances]
+            agreed = all(row[1] == sources for row in instances)
+            rank = live.index(self.instance_id)
+            fair = SHARDS // len(live) + (rank < SHARDS % len(live))
+            # Renewed only while still ours: one that lapsed and was taken is lost here.
+            kept = conn.execute(
+                "UPDATE shards h SET until = %s FROM unnest(%s::int[], %s::bigint[]) AS m(shard, "
+                "token) WHERE h.shard = m.shard AND h.owner = %s AND h.token = m.token "
+                "RETURNING h.shard, h.token",
+                (until, list(self._shards), list(self._shards.values()), self.instance_id),
+            ).fetchall()
+            held = {int(shard): int(token) for shard, token in kept}
+            if len(held) < fair:
+                taken = conn.execute(
+                    "WITH free AS MATERIALIZED (SELECT shard FROM shards WHERE owner IS NULL "
+                    "OR until IS NULL OR until < %s ORDER BY shard LIMIT %s "
+                    "FOR UPDATE SKIP LOCKED) "
+                    "UPDATE shards h SET owner = %s, token = h.token + 1, until = %s "
+                    "FROM free WHERE h.shard = free.shard RETURNING h.shard, h.token",
+                    (now, fair - len(held), self.instance_id, until),
+                ).fetchall()
+                held.update((int(shard), int(token)) for shard, token in taken)
+        self._shards = held
+        # The highest shards go back first: those a joining instance takes from the low end
+        # are the free ones, so two instances rebalancing at once do not trade the same ones.
+        surplus = frozenset(sorted(held)[fair:]) if len(held) > fair else frozenset()
+        return Share(frozenset(held), surplus, agreed)
+
+    def give_back(self, shards: Iterable[int]) -> None:
+        """Release shards held here: free to the others at their next beat."""
+        mine = [s for s in shards if s in self._shards]
+        if not mine:
+            return
+        with self.database.write() as conn:
+            conn.execute(
+                "UPDATE shards h SET owner = NULL, until = NULL FROM unnest(%s::int[], "
+                "%s::bigint[]) AS m(shard, token) WHERE h.shard = m.shard AND h.owner = %s "
+                "AND h.token = m.token",
+                (mine, [self._shards[s] for s in mine], self.instance_id),
+            )
+        for shard in mine:
+            del self._shards[shard]
+
     # --- poll leases -----------------------------------------------------------------------
 
-    def lease_polls(self, names: Sequence[str], now: float, until: float) -> dict[str, int]:
-        """Lease the sources no live lease holds; returns name -> token of those granted."""
-        if not names:
+    def lease_polls(
+        self, names: Sequence[str], now: float, until: float, *, anywhere: bool = False
+    ) -> dict[str, int]:
+        """Lease the sources no live lease holds (and, for a daemon taking part in share(),
+        of the shards it holds unless `anywhere`); returns name -> token of those granted."""
+        wanted = sorted(set(names))
+        return self._lease(
+            _GRANT,
+            wanted,
+            {"shards": [shard_of(n) for n in wanted], "anywhere": anywhere or not self._sharing},
+            now,
+            until,
+        )
+
+    def _lease(
+        self, grant: str, wanted: list[str], params: dict[str, object], now: float, until: float
+    ) -> dict[str, int]:
+        # `wanted` sorted: rows are created and locked in one order, so no deadlocks.
+        if not wanted:
             return {}
         self._leased = True
-        wanted = sorted(set(names))  # rows are created and locked in one order: no deadlocks
         with self.database.write() as conn:
             # A source never polled gets its row now, to hold the lease.
             conn.execute(
@@ -143,8 +246,9 @@ class PostgresCoordination:
                 (wanted,),
             )
             rows = conn.execute(
-                _GRANT,
+                grant,
                 {
+                    **params,
                     "names": wanted,
                     "now": now,
                     "dead_before": now - INSTANCE_TIMEOUT,
@@ -153,6 +257,14 @@ class PostgresCoordination:
                 },
             ).fetchall()
         return {name: int(token) for name, token in rows}
+
+    def lease_strays(self, strays: Mapping[str, float], now: float, until: float) -> dict[str, int]:
+        """Lease sources whose shard's holder lacks them: those polled last here or by nobody
+        for their seconds."""
+        wanted = sorted(strays)
+        return self._lease(
+            _GRANT_STRAYS, wanted, {"after": [strays[n] for n in wanted]}, now, until
+        )
 
     def release_polls(self, leases: Mapping[str, int]) -> None:
         """Release leases of polls that will not run (dropped at shutdown)."""

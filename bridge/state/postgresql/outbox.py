@@ -19,21 +19,32 @@ A claim is one transaction of two statements:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
 from bridge.model import Delivery, Finished
+from bridge.state.base import INSTANCE_TIMEOUT
 from bridge.state.postgresql.connection import Database
 
-_LOCKED_DUE = """
+# A delivery's lease is live until it ends, unless its owner is a registered instance that
+# stopped beating: a killed instance's deliveries go out again at once, not when their leases
+# (the webhook's timeout and a margin) run out. An owner that never registered (`bridge
+# deliver`) holds its leases until they end.
+_DEAD_OWNER = """EXISTS (SELECT 1 FROM instances i WHERE i.id = {0}.lease_owner
+                      AND i.heartbeat_at < %(dead_before)s)"""
+_LIVE = "({0}.lease_until >= %(now)s AND NOT " + _DEAD_OWNER + ")"
+_FREE = "({0}.lease_until IS NULL OR {0}.lease_until < %(now)s OR " + _DEAD_OWNER + ")"
+
+_LOCKED_DUE = f"""
 WITH due AS MATERIALIZED (
     SELECT d.id, d.source FROM deliveries d
     WHERE d.webhook = %(webhook)s AND d.status = 'pending' AND d.next_attempt_at <= %(now)s
-      AND (d.lease_until IS NULL OR d.lease_until < %(now)s)
+      AND {_FREE.format("d")}
       AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.webhook = d.webhook
-                      AND o.source = d.source AND o.lease_until >= %(now)s)
+                      AND o.source = d.source AND {_LIVE.format("o")})
     ORDER BY d.id
     LIMIT %(scan)s
     FOR UPDATE OF d SKIP LOCKED
@@ -47,18 +58,35 @@ LIMIT %(limit)s
 # OFFSET 0 keeps the (volatile) lock call above the sort: it runs in id order and stops at
 # LIMIT, so no source is locked that this claim does not take.
 
-_LEASE = """
-UPDATE deliveries d SET lease_until = %(until)s
+_LEASE = f"""
+UPDATE deliveries d SET lease_until = %(until)s, lease_owner = %(owner)s
 FROM events e
 WHERE d.id = ANY(%(ids)s) AND e.seq = d.event_seq
   AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.webhook = d.webhook
-                  AND o.source = d.source AND o.id <> d.id AND o.lease_until >= %(now)s)
+                  AND o.source = d.source AND o.id <> d.id AND {_LIVE.format("o")})
   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.webhook = d.webhook
                   AND p.source = d.source AND p.status = 'pending' AND p.id < d.id
-                  AND p.next_attempt_at <= %(now)s
-                  AND (p.lease_until IS NULL OR p.lease_until < %(now)s))
+                  AND p.next_attempt_at <= %(now)s AND {_FREE.format("p")})
 RETURNING d.id, e.id, d.source, d.attempts, e.body
 """
+
+_ANY_DUE = f"""
+SELECT 1 FROM deliveries d WHERE d.webhook = %(webhook)s AND d.status = 'pending'
+  AND d.next_attempt_at <= %(now)s AND {_FREE.format("d")} LIMIT 1
+"""
+
+_NEXT_DUE = f"""
+SELECT min(greatest(d.next_attempt_at, coalesce(f.until, 0))) FROM deliveries d
+LEFT JOIN (SELECT o.source, max(o.lease_until) AS until FROM deliveries o
+           WHERE o.webhook = %(webhook)s AND o.lease_until IS NOT NULL
+             AND NOT {_DEAD_OWNER.format("o")} GROUP BY o.source) f
+  ON f.source = d.source
+WHERE d.webhook = %(webhook)s AND d.status = 'pending'
+"""
+
+
+def _times(now: float) -> dict[str, float]:
+    return {"now": now, "dead_before": now - INSTANCE_TIMEOUT}
 
 
 class PostgresOutbox:
@@ -80,60 +108,58 @@ class PostgresOutbox:
         """
         if finished:
             with self.database.write() as conn:
-                _write_finished(conn, finished)
-                return _claim(conn, webhook, now, limit, lease)
+                _write_finished(conn, self.database.owner, finished)
+                return _claim(conn, self.database.owner, webhook, now, limit, lease)
         if limit <= 0:
             return []
         # Most looks find nothing due: a plain read then costs no transaction and no locks.
         with self.database.connection() as conn:
-            due = conn.execute(
-                "SELECT 1 FROM deliveries WHERE webhook = %s AND status = 'pending' "
-                "AND next_attempt_at <= %s AND (lease_until IS NULL OR lease_until < %s) LIMIT 1",
-                (webhook, now, now),
-            ).fetchone()
+            due = conn.execute(_ANY_DUE, {"webhook": webhook, **_times(now)}).fetchone()
         if due is None:
             return []
         with self.database.write() as conn:
-            return _claim(conn, webhook, now, limit, lease)
+            return _claim(conn, self.database.owner, webhook, now, limit, lease)
 
     def next_due(self, webhook: str) -> float | None:
         """When the earliest pending delivery of a webhook can be claimed, or None: not before
         it is due, nor while a delivery of its source is in flight (until that lease ends)."""
         with self.database.connection() as conn:
-            r = conn.execute(
-                "SELECT min(greatest(d.next_attempt_at, coalesce(f.until, 0))) FROM deliveries d "
-                "LEFT JOIN (SELECT source, max(lease_until) AS until FROM deliveries "
-                "WHERE webhook = %s AND lease_until IS NOT NULL GROUP BY source) f "
-                "ON f.source = d.source "
-                "WHERE d.webhook = %s AND d.status = 'pending'",
-                (webhook, webhook),
-            ).fetchone()
+            r = conn.execute(_NEXT_DUE, {"webhook": webhook, **_times(time.time())}).fetchone()
         return None if r is None or r[0] is None else float(r[0])
 
     def finish_attempts(self, finished: Sequence[Finished]) -> None:
         """Record several attempts in one transaction."""
         if finished:
             with self.database.write() as conn:
-                _write_finished(conn, finished)
+                _write_finished(conn, self.database.owner, finished)
 
 
 def _claim(
-    conn: psycopg.Connection[Any], webhook: str, now: float, limit: int, lease: float
+    conn: psycopg.Connection[Any],
+    owner: str,
+    webhook: str,
+    now: float,
+    limit: int,
+    lease: float,
 ) -> list[Delivery]:
     if limit <= 0:
         return []
-    params = {"webhook": webhook, "now": now, "scan": limit * 4, "limit": limit}
+    params = {"webhook": webhook, "scan": limit * 4, "limit": limit, **_times(now)}
     ids = [r[0] for r in conn.execute(_LOCKED_DUE, params).fetchall()]
     if not ids:
         return []
-    rows = conn.execute(_LEASE, {"until": now + lease, "ids": ids, "now": now}).fetchall()
+    rows = conn.execute(
+        _LEASE, {"until": now + lease, "ids": ids, "owner": owner, **_times(now)}
+    ).fetchall()
     return [
         Delivery(did, eid, webhook, source, attempts, bytes(body))
         for did, eid, source, attempts, body in sorted(rows)
     ]
 
 
-def _write_finished(conn: psycopg.Connection[Any], finished: Sequence[Finished]) -> None:
+def _write_finished(
+    conn: psycopg.Connection[Any], owner: str, finished: Sequence[Finished]
+) -> None:
     cur = conn.cursor()
     cur.executemany(
         "INSERT INTO attempts (delivery_id, at, status, error, duration) "
@@ -143,9 +169,14 @@ def _write_finished(conn: psycopg.Connection[Any], finished: Sequence[Finished])
     # A delivery discarded (`bridge discard`) while this attempt was in flight stays dead,
     # with the reason it was discarded, unless the attempt delivered it.
     kept = "status = 'dead' AND %(status)s <> 'delivered'"
+    mine = "(lease_owner IS NULL OR lease_owner = %(owner)s)"
     cur.executemany(
         f"UPDATE deliveries SET status = CASE WHEN {kept} THEN status ELSE %(status)s END, "
-        "attempts = attempts + 1, lease_until = NULL, "
+        "attempts = attempts + 1, "
+        # Another instance's lease, taken while this one was thought dead, stays: its attempt
+        # is still out, and the source's next delivery waits for it.
+        f"lease_until = CASE WHEN {mine} THEN NULL ELSE lease_until END, "
+        f"lease_owner = CASE WHEN {mine} THEN NULL ELSE lease_owner END, "
         "next_attempt_at = coalesce(%(next)s, next_attempt_at), last_status = %(http)s, "
         f"last_error = CASE WHEN {kept} THEN last_error ELSE %(error)s END, "
         "updated_at = %(at)s WHERE id = %(id)s",
@@ -157,6 +188,7 @@ def _write_finished(conn: psycopg.Connection[Any], finished: Sequence[Finished])
                 "error": f.error,
                 "at": f.at,
                 "id": f.delivery_id,
+                "owner": owner,
             }
             for f in sorted(finished, key=lambda f: f.delivery_id)
         ],

@@ -12,11 +12,15 @@ from typing import Any
 import psycopg
 
 from bridge.errors import StateError
+from bridge.state.base import SHARDS
 
 # 1: the tables of SQLite's schema 7 (its poll leases on the sources rows, as in its schema 5),
 # plus instances (the registry) and writes (generation()).
 # 2: confirmations (the changes waiting for `confirm:`; a new table: SCHEMA creates it).
-SCHEMA_VERSION = 2
+# 3: shards (Coordination.share: which daemon schedules which sources), the digest of each
+#    instance's configured sources, and the owner of a delivery's lease, so that a dead
+#    instance's deliveries are free at once.
+SCHEMA_VERSION = 3
 
 # pg_advisory_xact_lock's single-key space; the delivery claims use the two-key space, which
 # does not overlap it.
@@ -96,6 +100,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at DOUBLE PRECISION NOT NULL,
     lease_until DOUBLE PRECISION,
+    lease_owner TEXT,
     last_status INTEGER,
     last_error TEXT,
     created_at DOUBLE PRECISION NOT NULL,
@@ -104,6 +109,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (webhook, id)
     WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_seq);
+-- "Is anything due?" and next_due, with many deliveries waiting for their retry.
+CREATE INDEX IF NOT EXISTS deliveries_pending_due ON deliveries (webhook, next_attempt_at)
+    WHERE status = 'pending';
 -- A claim's check that it takes the oldest claimable delivery of each source (outbox.py).
 CREATE INDEX IF NOT EXISTS deliveries_source_pending ON deliveries (webhook, source, id)
     WHERE status = 'pending';
@@ -132,7 +140,14 @@ CREATE TABLE IF NOT EXISTS instances (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
     started_at DOUBLE PRECISION NOT NULL,
-    heartbeat_at DOUBLE PRECISION NOT NULL
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    sources TEXT
+);
+CREATE TABLE IF NOT EXISTS shards (
+    shard INTEGER PRIMARY KEY,
+    owner TEXT,
+    token BIGINT NOT NULL DEFAULT 0,
+    until DOUBLE PRECISION
 );
 CREATE TABLE IF NOT EXISTS writes (
     owner TEXT PRIMARY KEY,
@@ -143,7 +158,15 @@ CREATE TABLE IF NOT EXISTS writes (
 
 # The steps from each older version to the next: (version reached, statements). Version 1 is
 # SCHEMA itself; a later version appends its ALTERs here and raises SCHEMA_VERSION.
-STEPS: tuple[tuple[int, str], ...] = ()
+STEPS: tuple[tuple[int, str], ...] = (
+    (
+        3,
+        "ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS lease_owner TEXT;"
+        "ALTER TABLE instances ADD COLUMN IF NOT EXISTS sources TEXT;"
+        f"INSERT INTO shards (shard) SELECT generate_series(0, {SHARDS - 1}) "
+        "ON CONFLICT DO NOTHING",
+    ),
+)
 
 
 def stored_version(conn: psycopg.Connection[Any]) -> int:

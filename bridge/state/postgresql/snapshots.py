@@ -1,5 +1,6 @@
 """Polling's queries on PostgreSQL: source rows, item snapshots, rate-limited hosts, and the
-commit of polls (fenced by their leases) with their events and pending deliveries."""
+commit of polls (fenced by their leases) with their events and pending deliveries, which the
+commit announces to every instance (listen.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import psycopg
 from bridge.model import PollCommit, SourceRow
 from bridge.state.base import Touched
 from bridge.state.postgresql.connection import Database
+from bridge.state.postgresql.listen import notify_deliveries
 from bridge.state.rows import SOURCE_COLUMNS, poll_rows, row_from, row_values
 
 # Writing a poll's row ends the lease it ran under.
@@ -227,6 +229,7 @@ def _write_polls(conn: psycopg.Connection[Any], commits: list[PollCommit]) -> No
             "AS d(event_id, webhook, at, n) JOIN events e ON e.id = d.event_id ORDER BY d.n",
             _columns(rows.deliveries, 3),
         )
+        notify_deliveries(conn, {webhook for _, webhook, _ in rows.deliveries})
     if rows.history:
         conn.execute(
             "INSERT INTO polls (source, at, result, duration, error, events) "

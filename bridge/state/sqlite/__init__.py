@@ -5,12 +5,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bridge.errors import StateError
 from bridge.state.sqlite.admin import SqliteAdmin
 from bridge.state.sqlite.connection import MEMORY, Database
 from bridge.state.sqlite.coordination import SqliteCoordination, new_instance_id
 from bridge.state.sqlite.outbox import SqliteOutbox
 from bridge.state.sqlite.snapshots import SqliteSnapshots
+from bridge.state.sqlite.transfer import SqliteTransfer
 
 
 class SqliteState:
@@ -24,6 +27,7 @@ class SqliteState:
         self.outbox = SqliteOutbox(self.database)
         self.admin = SqliteAdmin(self.database)
         self.coordination = SqliteCoordination(self.database, instance_id)
+        self.transfer = SqliteTransfer(self.database)  # bridge copy-state
 
     def writable(self) -> bool:
         """Whether the file takes a write now (its own connection; waits at most 1 s)."""
@@ -32,6 +36,10 @@ class SqliteState:
     def problem(self) -> str | None:
         """The file removed or replaced under the connection, or the last write failed."""
         return self.database.problem()
+
+    def watch_deliveries(self, wake: Callable[[set[str] | None], object]) -> None:
+        """Nothing to watch: one daemon per state file, which wakes its own workers as it
+        commits; what a command queues (`bridge replay`) the workers find within a second."""
 
     def close(self) -> None:
         """Release this instance's poll leases and close the connection; the daemon lock goes

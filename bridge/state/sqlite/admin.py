@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from bridge.model import DeliveryStatus, SourceRow
-from bridge.state.base import SCHEDULED_GRACE
+from bridge.state.base import INSTANCE_TIMEOUT, SCHEDULED_GRACE
 from bridge.state.rows import SOURCE_COLUMNS, row_from
 from bridge.state.sqlite.connection import Database, chunks
 
@@ -236,6 +236,25 @@ class SqliteAdmin:
             "SELECT webhook, count(*) FROM deliveries WHERE status = 'pending' GROUP BY webhook"
         )
         return dict(rows.fetchall())
+
+    def instances(self, now: float) -> list[dict[str, Any]]:
+        """The live instances in the file's registry (a heartbeat within INSTANCE_TIMEOUT),
+        oldest first.
+
+        In practice none: a `bridge run` on a state file does not register. It holds the file's
+        daemon lock instead (one daemon per file; `status` says whether it runs), and whether a
+        lease's owner lives is asked of its pid, so no heartbeat is kept to judge it by. The
+        registry is read all the same, so that one kept here would be listed as on PostgreSQL.
+        """
+        rows = self.conn.execute(
+            "SELECT id, host, pid, started_at, heartbeat_at FROM instances "
+            "WHERE heartbeat_at >= ? ORDER BY started_at, id",
+            (now - INSTANCE_TIMEOUT,),
+        )
+        return [
+            {"id": i, "host": host, "pid": pid, "since": since, "heartbeat": beat}
+            for i, host, pid, since, beat in rows
+        ]
 
     def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
         """Every attempt of one delivery, oldest first."""

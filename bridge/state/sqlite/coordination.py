@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import orjson
 
+from bridge.state.base import Share
 from bridge.state.sqlite.connection import MEMORY, Database, chunks
 from bridge.state.sqlite.lock import DaemonLock, daemon_running
 
@@ -89,8 +90,18 @@ class SqliteCoordination:
             return False
         return daemon_running(self.database.path)
 
-    def lease_polls(self, names: Sequence[str], now: float, until: float) -> dict[str, int]:
-        """Lease the sources no live lease holds; returns name -> token of those granted."""
+    def share(self, now: float, sources: str) -> Share | None:
+        """None: one daemon per state file (its lock), and it schedules every source."""
+        return None
+
+    def give_back(self, shards: Iterable[int]) -> None:
+        """Nothing to give back: a state file has no shards."""
+
+    def lease_polls(
+        self, names: Sequence[str], now: float, until: float, *, anywhere: bool = False
+    ) -> dict[str, int]:
+        """Lease the sources no live lease holds; returns name -> token of those granted
+        (`anywhere` changes nothing: a state file's one daemon schedules every source)."""
         if not names:
             return {}
         self._leased = True
@@ -124,6 +135,10 @@ class SqliteCoordination:
                             if row is not None:
                                 granted[name] = row[0]
         return granted
+
+    def lease_strays(self, strays: Mapping[str, float], now: float, until: float) -> dict[str, int]:
+        """Like lease_polls: a state file has no shards, so no source is a stray."""
+        return self.lease_polls(list(strays), now, until)
 
     def release_polls(self, leases: Mapping[str, int]) -> None:
         """Release leases of polls that will not run (dropped at shutdown)."""
