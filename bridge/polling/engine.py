@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from bridge.config import Config
-from bridge.errors import SourceError
+from bridge.errors import SourceError, StateError
 from bridge.http import HttpClient
 from bridge.model import PollCommit, PollOutcome, SourceRow
 from bridge.polling.assess import assess, failed, fetch_state
@@ -129,6 +129,9 @@ class Engine:
         for host, until in self.snapshots.host_blocks(time.time()).items():
             http.block(host, until, new=False)
         self._leases: dict[str, int] = {}  # leased sources whose poll has not started yet
+        # Leases of polls that could not be written (the state failed): given back at the next
+        # claim, so that those sources are polled again then, not when the leases run out.
+        self._unwritten: dict[str, int] = {}
         self._buffer: dict[str, PollCommit] = {}
         self._changes: dict[str, PollCommit] = {}  # changed polls held by poll_many
         # Unchanged polls of healthy sources (nearly every poll of a daemon) keep only their new
@@ -164,6 +167,9 @@ class Engine:
             and self._changes.keys().isdisjoint(names)
         ):
             self.flush()
+        if self._unwritten:
+            self.state.coordination.release_polls(self._unwritten)
+            self._unwritten.clear()
         now = time.time()
         until = now + self._lease_length
         coordination = self.state.coordination
@@ -240,6 +246,16 @@ class Engine:
                 )
                 return PollResult(name, "skipped", 0.0)
             lease = self._leases.pop(name)
+        try:
+            return await self._poll_leased(name, lease, dry_run, next_poll_at)
+        except StateError:
+            if lease is not None:
+                self._unwritten[name] = lease
+            raise
+
+    async def _poll_leased(
+        self, name: str, lease: int | None, dry_run: bool, next_poll_at: float | None
+    ) -> PollResult:
         source = self.sources[name]
         last = self._row(name)
         row: SourceRow | None = None  # this poll's own copy, made once something changes
@@ -254,6 +270,8 @@ class Engine:
             commit = await assess(
                 self.snapshots, source, row, fetched, started, judge=self.conditions.sift
             )
+        except StateError:
+            raise  # the state failing is no failure of the source: the poll is not written
         except SourceError as exc:
             row = row if row is not None else self._own(last, next_poll_at)
             commit = failed(source, row, str(exc), started)
@@ -381,7 +399,19 @@ class Engine:
         touched = self._take_touched()
         self._buffer.clear()
         self._changes.clear()
-        refused = self.snapshots.commit_polls([*changes, *others], blocks, touched)
+        try:
+            refused = self.snapshots.commit_polls([*changes, *others], blocks, touched)
+        except StateError:
+            # Nothing of it was written: those sources are polled again (their leases given
+            # back at the next claim), and the cached rows, moved ahead by `touched`, read again.
+            for commit in (*changes, *others):
+                if commit.lease is not None:
+                    self._unwritten[commit.row.name] = commit.lease
+            for row, lease in touched:
+                if lease is not None:
+                    self._unwritten[row.name] = lease
+            self._rows = None
+            raise
         if not refused:
             self._committed(others)
         self._written(changes, refused)

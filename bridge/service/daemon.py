@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import hashlib
 import logging
 import signal
 import time
@@ -17,13 +15,12 @@ from bridge.config import Config, load_config
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.errors import BridgeError
 from bridge.http import HttpClient
-from bridge.model import SourceSpec
 from bridge.polling.engine import Engine, PollResult
 from bridge.polling.scheduler import Scheduler
 from bridge.service.metrics import SUCCESSES, Metrics
 from bridge.service.notify import Notifier
+from bridge.service.sharing import Sharing
 from bridge.state import State, open_state, redact_location
-from bridge.state.base import HEARTBEAT_INTERVAL, shard_of
 
 log = logging.getLogger("bridge.service.daemon")
 
@@ -36,10 +33,6 @@ TRIM_INTERVAL = 3600.0  # seconds between retention passes
 # within this (and /healthz asks at each request).
 HEALTH_INTERVAL = 2.0
 FIRST_TRIM = 5.0  # the first pass comes soon after start, once the first polls are under way
-# While instances' configs differ, an instance polls a source of another's shard once nobody
-# has for this many of its intervals, or STRAY_FLOOR seconds if longer (Coordination.lease_strays).
-STRAY_INTERVALS = 2.0
-STRAY_FLOOR = 10.0
 
 
 def _trim(location: str, before: float) -> int:
@@ -72,19 +65,13 @@ class Daemon:
         # and two reads racing could apply the older file last.
         self._reloading = asyncio.Lock()
         self._polls: set[asyncio.Task[Any]] = set()
+        self._polling: dict[str, asyncio.Task[object]] = {}  # those polls by source
         self._problem: str | None = None  # the state's problem last said
         self.state: State | None = None
         self.engine: Engine | None = None
         self.dispatcher: Dispatcher | None = None
         self.scheduler: Scheduler | None = None
-        # The shards whose sources this instance schedules (Coordination.share), or None: all
-        # of them (the only daemon on its state).
-        self._shards: frozenset[int] | None = None
-        self._agreed = True  # whether every live instance configures the same sources
-        # Sources of other instances' shards polled here: their holder lacks them (a rolling
-        # config change). The others of this config's sources there are only watched, at
-        # their stray interval, for the moment nobody polls them.
-        self._adopted: set[str] = set()
+        self.sharing: Sharing | None = None  # which of the sources this instance schedules
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -126,83 +113,20 @@ class Daemon:
         task = asyncio.current_task()
         assert task is not None
         self._polls.add(task)
+        self._polling[name] = task
         try:
             await self.engine.poll(name, next_poll_at=self.scheduler.next_run(name))
         except BridgeError as exc:  # the state file failing: say so, keep running
             log.error("poll %s could not be recorded: %s", name, exc)
         finally:
             self._polls.discard(task)
+            self._polling.pop(name, None)
 
     def _lane(self, name: str) -> str | None:
         # Polls of one host queue for as many runners as the HTTP client lets at it at once.
         assert self.engine is not None
         source = self.engine.sources.get(name)
         return source.host if source is not None else None
-
-    def _mine(self, name: str) -> bool:
-        return self._shards is None or shard_of(name) in self._shards
-
-    def _schedule_all(self, names: set[str] | None = None) -> None:
-        assert self.engine is not None and self.scheduler is not None
-        rows = self.engine.snapshots.source_rows()
-        scheduler = self.scheduler
-        for spec in self.engine.config.sources:
-            if names is not None and spec.name not in names:
-                continue
-            row = rows.get(spec.name)
-            if self._mine(spec.name):
-                self._adopted.discard(spec.name)
-            if self._mine(spec.name) or spec.name in self._adopted:
-                scheduler.schedule(spec, row.last_poll_at if row else None)
-            elif self._agreed or spec.every is None:  # a cron source is never a stray
-                scheduler.unschedule(spec.name)
-            else:
-                self._watch(spec)
-
-    def _watch(self, spec: SourceSpec) -> None:
-        # First looked at one stray interval from now: an instance that has it polls it first.
-        assert self.scheduler is not None
-        watch = dataclasses.replace(spec, every=self._stray_after(spec))
-        self.scheduler.schedule(watch, time.time())
-
-    @staticmethod
-    def _stray_after(spec: SourceSpec) -> float:
-        return max(STRAY_INTERVALS * (spec.every or 0.0), STRAY_FLOOR)
-
-    def _claim(self, due: list[str]) -> list[str]:
-        """The scheduler's claim: the due sources of this instance's shards are leased; the
-        strays among them only when nobody else polls them."""
-        assert self.engine is not None
-        ours = [n for n in due if self._mine(n)] if self._shards is not None else due
-        granted = self.engine.lease(ours) if ours else []
-        if len(granted) < len(ours):
-            for name in sorted(set(ours) - set(granted)):
-                log.warning(
-                    "poll of %s skipped: its last poll has not finished (here or elsewhere)", name
-                )
-        if len(ours) == len(due):
-            return granted
-        sources = self.engine.sources
-        strays = {n: self._stray_after(sources[n].spec) for n in due if n not in ours}
-        taken = self.engine.lease(list(strays), strays=strays)
-        for name in strays:
-            self._stray(sources[name].spec, polled=name in taken)
-        return granted + taken
-
-    def _stray(self, spec: SourceSpec, *, polled: bool) -> None:
-        assert self.scheduler is not None
-        if polled and spec.name not in self._adopted:
-            self._adopted.add(spec.name)
-            self.scheduler.schedule(spec, time.time())  # on its own interval from now on
-            log.info(
-                "polling %s here: the instance holding it does not have it in its config",
-                spec.name,
-                extra={"source": spec.name},
-            )
-        elif not polled and spec.name in self._adopted:
-            self._adopted.discard(spec.name)
-            self._watch(spec)
-            log.info("%s is polled by the instance holding it again", spec.name)
 
     async def poll_now(self, name: str) -> PollResult:
         """Poll a source at once (the console's "poll now"); its schedule stays as it was."""
@@ -222,69 +146,6 @@ class Daemon:
             listen_host=host,
         )
         return lambda app: mount(app, console)
-
-    # --- sharing the sources with other instances ------------------------------------------
-
-    def _take_share(self) -> None:
-        """This instance's first share of the sources, before anything is scheduled."""
-        assert self.state is not None
-        share = self.state.coordination.share(time.time(), self._digest())
-        if share is not None:
-            self._shards = share.held - share.surplus
-            self._agreed = share.agreed
-            self.state.coordination.give_back(share.surplus)
-
-    def _digest(self) -> str:
-        """The configured sources' names, as one digest: equal in instances that agree."""
-        names = "\n".join(sorted(spec.name for spec in self.config.sources))
-        return hashlib.blake2b(names.encode(), digest_size=16).hexdigest()
-
-    async def _keep_share(self) -> None:
-        """Once a beat: renew this instance's shards, schedule what it gained, and stop
-        scheduling (and give back) what it lost or has too many of."""
-        while self._shards is not None and not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), HEARTBEAT_INTERVAL)
-            except TimeoutError:
-                pass
-            else:
-                return
-            try:
-                await self._rebalance()
-            except BridgeError as exc:
-                log.error("could not renew this instance's share of the sources: %s", exc)
-
-    async def _rebalance(self) -> None:
-        assert self.state is not None and self.engine is not None and self.scheduler is not None
-        coordination = self.state.coordination
-        share = await asyncio.to_thread(coordination.share, time.time(), self._digest())
-        if share is None or self._stop.is_set():
-            return
-        before = self._shards or frozenset()
-        mine = share.held - share.surplus
-        gone, gained = before - mine, mine - before
-        self._shards = mine
-        moved = gone | gained
-        if share.agreed != self._agreed:
-            self._agreed = share.agreed
-            self._adopted.clear()
-            # Strays are watched while configs differ, and only then.
-            self._schedule_all({s.name for s in self.config.sources if not self._mine(s.name)})
-        elif moved:
-            self._schedule_all({s.name for s in self.config.sources if shard_of(s.name) in moved})
-        if share.surplus:
-            # Their polls' times are written before the next holder reads them to schedule.
-            self.engine.flush()
-            await asyncio.to_thread(coordination.give_back, share.surplus)
-        if gone or gained:
-            log.info(
-                "this instance schedules %d shards now (%d sources): %d gained, %d given up",
-                len(mine),
-                sum(1 for name in self.scheduler.names() if self._mine(name)),
-                len(gained),
-                len(gone),
-            )
-        self.engine.refresh_blocks()  # hosts that asked another instance to wait
 
     # --- reload --------------------------------------------------------------------------------
 
@@ -312,10 +173,10 @@ class Daemon:
                 log.warning("reload: http.%s changes take effect at the next restart", key)
         assert self.dispatcher is not None
         added, removed, changed = self.engine.reload(new)
+        assert self.sharing is not None
         for name in removed:
-            self.scheduler.unschedule(name)
-            self._adopted.discard(name)
-        self._schedule_all(added | changed)
+            self.sharing.forget(name)
+        self.sharing.schedule(added | changed)
         await self.dispatcher.replace(new.webhooks, self.config.grace)
         self.config = new
         self._warn_of_removed_webhooks()
@@ -432,15 +293,16 @@ class Daemon:
                 )
                 self.metrics.sources = lambda: engine.sources
                 self._seed_last_success(state)
-                self._take_share()
                 self.scheduler = Scheduler(
                     self._poll,
                     lane=self._lane,
                     lane_width=self.config.per_host,
-                    claim=self._claim,
                     drop=engine.release,
                 )
-                self._schedule_all()
+                self.sharing = Sharing(state, engine, self.scheduler, self._polling)
+                self.scheduler.claim = self.sharing.claim
+                self.sharing.take_first()
+                self.sharing.schedule()
                 self.scheduler.start()
                 dispatcher.start()
                 if self.config.listen:
@@ -467,7 +329,7 @@ class Daemon:
                 )
                 self._warn_of_removed_webhooks()
                 housekeeping = asyncio.create_task(self._housekeeping())
-                sharing = asyncio.create_task(self._keep_share())
+                sharing = asyncio.create_task(self.sharing.keep(self._stop))
                 # Every source is scheduled and the endpoints answer: started, for systemd.
                 self.notifier.send("READY=1", self._status())
                 await self._stop.wait()

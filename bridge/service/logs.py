@@ -115,6 +115,9 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     logging.captureWarnings(True)
     # APScheduler logs every job run at INFO; that is our debug.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # psycopg's pool logs each failed attempt to connect (every second or two while the server
+    # is away); the daemon says the problem once (state.problem()) and once when it is over.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 def is_json() -> bool:

@@ -140,3 +140,42 @@ def test_a_dead_instances_deliveries_are_claimable_at_once(three) -> None:
     late = Finished(d.id, "pending", later + 1, 0.1, 500, "late", later + 2)
     dead.outbox.finish_attempts([late])
     assert third.outbox.claim_due("w", later + 3, limit=5, lease=60) == []
+
+
+def poll_and_commit(state: State, name: str, token: int, at: float) -> None:
+    """Commit a poll of `name` at `at` under its lease `token`."""
+    row = SourceRow(name, baselined=True, last_poll_at=at)
+    assert state.snapshots.commit_polls([PollCommit(row, "changed", 0.1, lease=token)]) == set()
+
+
+def test_a_stray_is_leased_only_while_nobody_else_polls_it(three) -> None:
+    holder, other, _ = three  # `holder` holds every shard; "x" is not in its config
+    daemons([holder], NOW)
+    holder.coordination.share(NOW, "config-1")
+    daemons([other], NOW)
+    share = other.coordination.share(NOW, "config-2")
+    assert share.held == frozenset() and not share.agreed
+    # The holder polled x a moment ago: it is no stray yet.
+    poll_and_commit(holder, "x", holder.coordination.lease_polls(["x"], NOW, NOW + 60)["x"], NOW)
+    assert other.coordination.lease_strays({"x": 10.0}, NOW + 5, NOW + 60) == {}
+    # Nobody polled it for its 10 s: the other instance takes it, and keeps it while it is the
+    # last to poll it, however recently.
+    token = other.coordination.lease_strays({"x": 10.0}, NOW + 11, NOW + 60)["x"]
+    poll_and_commit(other, "x", token, NOW + 11)
+    token = other.coordination.lease_strays({"x": 10.0}, NOW + 13, NOW + 60)["x"]
+    poll_and_commit(other, "x", token, NOW + 13)
+    # The holder has it in its config now and polls it: the other steps back.
+    poll_and_commit(
+        holder, "x", holder.coordination.lease_polls(["x"], NOW + 14, NOW + 60)["x"], NOW + 14
+    )
+    assert other.coordination.lease_strays({"x": 10.0}, NOW + 15, NOW + 60) == {}
+
+
+def test_instances_agree_when_their_configs_name_the_same_sources(three) -> None:
+    a, b, _ = three
+    daemons([a, b], NOW)
+    assert a.coordination.share(NOW, "same").agreed is True  # b has not said yet: NULL
+    assert b.coordination.share(NOW, "same").agreed is True
+    assert a.coordination.share(NOW + 1, "other").agreed is False
+    assert b.coordination.share(NOW + 1, "same").agreed is False
+    assert a.coordination.share(NOW + 2, "same").agreed is True

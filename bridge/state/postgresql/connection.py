@@ -5,11 +5,18 @@ Connections are in autocommit; every transaction here is an explicit write(). Ea
 bumps this state's row of `writes`, so that generation() (the sum of the other writers' rows)
 changes exactly when another state committed: one row per writer, so no two instances ever
 contend for it.
+
+A server that restarts or goes away is survived. The pool reconnects in its own threads,
+backing off; a connection the server ended is found before it is used (an idle connection has
+nothing to read until the server speaks); and while the server is away a caller does not wait
+for the pool: each read or write fails at once with a StateError (the daemon's event loop
+makes them), and `write_error` says so until a write succeeds again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +30,23 @@ from bridge.state.postgresql.schema import prepare, stored_version
 
 # Seconds to wait for a server before a command gives up (a one-line error, exit 1).
 CONNECT_TIMEOUT = 5
+# Seconds a caller waits for a connection while the server is away: long enough for the pool
+# to hand over one it is making to a server that is back, short enough not to hold the daemon's
+# event loop for each poll and claim that fails meanwhile.
+OUTAGE_WAIT = 0.2
+# How long one of the pool's attempts to connect again goes on (backing off 1 s, 2 s, ...)
+# before it gives up and the next caller starts another: short, so that tries stay about 2 s
+# apart and the daemon is connected again within seconds of the server's return.
+RECONNECT_WINDOW = 5.0
+# A server gone without a word (a network cut) is found by TCP keepalives within about 20 s,
+# not the system's two hours, and a statement waiting for it then fails. The URL's own
+# settings of these win.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+}
 
 
 def one_line(exc: BaseException, secret: str | None) -> str:
@@ -51,7 +75,12 @@ class Database:
         self._options = _text(params.get("options")) or ""
         self.owner = owner
         self.write_error: str | None = None  # the last write's failure, until one succeeds
+        # Whether the server was lost (a connection it ended, none to be had) and no connection
+        # has been handed out since: callers then fail at once instead of waiting.
+        self._lost = False
+        self._wait = max(busy_timeout, 1.0)
         self._kwargs: dict[str, Any] = {
+            **{key: value for key, value in KEEPALIVES.items() if key not in params},
             "autocommit": True,
             "connect_timeout": CONNECT_TIMEOUT,
             "options": f"{self._options} -c lock_timeout={int(busy_timeout * 1000)}".strip(),
@@ -76,7 +105,8 @@ class Database:
             kwargs=self._kwargs,
             min_size=1,
             max_size=4,
-            timeout=max(busy_timeout, 1.0),
+            timeout=self._wait,
+            reconnect_timeout=RECONNECT_WINDOW,
             open=False,
             name="bridge-state",
         )
@@ -89,16 +119,35 @@ class Database:
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection of the pool, for reads (autocommit: each statement its own snapshot)."""
-        try:
-            conn = self.pool.getconn()
-        except PoolTimeout as exc:
-            raise self.error("no connection to the database", exc) from None
+        conn = self._getconn()
         try:
             yield conn
         except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                self._lost = True  # the server went away mid-statement
             raise self.error("cannot read the state", exc) from None
         finally:
             self.pool.putconn(conn)
+
+    def _getconn(self) -> psycopg.Connection[Any]:
+        # Each connection the server ended (a restart ends them all) is given back, for the pool
+        # to replace, until a sound one comes: at most one per connection the pool holds.
+        for _ in range(self.pool.max_size + 1):
+            try:
+                conn = self.pool.getconn(timeout=OUTAGE_WAIT if self._lost else self._wait)
+            except PoolTimeout as exc:
+                if self._lost:
+                    raise StateError(
+                        f"{self.display}: no connection to the database (the server went "
+                        "away; connecting again)"
+                    ) from None
+                raise self.error("no connection to the database", exc) from None
+            if _sound(conn):
+                self._lost = False
+                return conn
+            self._lost = True
+            self.pool.putconn(conn)
+        raise StateError(f"{self.display}: no connection to the database (the server went away)")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[psycopg.Connection[Any]]:
@@ -111,6 +160,8 @@ class Database:
                     conn.execute("COMMIT")
                 except psycopg.Error as exc:
                     _rollback(conn)
+                    if conn.broken or conn.closed:
+                        self._lost = True  # the server went away mid-transaction
                     raise self.error("cannot write the state", exc) from None
                 except BaseException:
                     _rollback(conn)
@@ -173,6 +224,24 @@ def schema_exists(url: str) -> bool:
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _sound(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a connection taken from the pool still reaches its server. An idle connection
+    has nothing to read unless the server spoke on its own: it does when it ends the session
+    (a shutdown, a restart, a terminated backend), or for a notice. Only then is it asked, with
+    an empty statement; a sound idle one costs one poll() of its socket, not a round trip."""
+    if conn.closed or conn.broken:
+        return False
+    idle = select.poll()
+    idle.register(conn.fileno(), select.POLLIN)
+    if not idle.poll(0):
+        return True
+    try:
+        conn.execute("")
+    except psycopg.Error:
+        return False
+    return True
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:

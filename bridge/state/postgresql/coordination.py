@@ -173,7 +173,8 @@ class PostgresCoordination:
                 (now - INSTANCE_TIMEOUT, self.instance_id),
             ).fetchall()
             live = [row[0] for row in instances]
-            agreed = all(row[1] == sources for row in instances)
+            # One that has not said yet (it is starting) is not counted as differing.
+            agreed = all(row[1] in (None, sources) for row in instances)
             rank = live.index(self.instance_id)
             fair = SHARDS // len(live) + (rank < SHARDS % len(live))
             # Renewed only while still ours: one that lapsed and was taken is lost here.
