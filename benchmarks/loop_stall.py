@@ -109,7 +109,7 @@ def main() -> int:
         states = {"sqlite": str(work / "state.db"), "postgresql": f"{SERVER}/{database}"}
         for name, state in states.items():
             path = bridge_config(
-                work / f"{name}.yaml", state, urls, "-", per_host=16, every=f"{args.every}s"
+                work / f"{name}.yaml", state, urls, '"-"', per_host=16, every=f"{args.every}s"
             )
             # First round: the baseline polls (every source's first poll writes its items).
             found = asyncio.run(measure(path, warmup=args.every * 1.5, seconds=args.seconds))

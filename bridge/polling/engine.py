@@ -180,6 +180,11 @@ class Engine:
         self._leases.update(granted)
         return [n for n in names if n in granted]
 
+    def forget_rows(self) -> None:
+        """Read the source rows afresh before the next poll: this instance gained sources whose
+        rows another instance wrote without telling (Snapshots.held_here on PostgreSQL)."""
+        self._rows = None
+
     def refresh_blocks(self) -> None:
         """Take the hosts that other instances were asked to leave alone (429, Retry-After):
         one instance's block holds for all of them."""

@@ -180,6 +180,8 @@ class Sharing:
             names |= {s.name for s in specs if not self.mine(s.name)}
         if moved:  # also when `agreed` changed in the same beat: the gained leave the watch
             names |= {s.name for s in specs if shard_of(s.name) in moved}
+        if gained:
+            self.engine.forget_rows()  # their last holder wrote them unseen
         if names:
             self.schedule(names)
         if share.surplus:

@@ -27,6 +27,7 @@ class PostgresState:
         self.outbox = PostgresOutbox(self.database)
         self.admin = PostgresAdmin(self.database)
         self.coordination = PostgresCoordination(self.database, instance_id)
+        self.snapshots.held_here = self.coordination.holds
         self.transfer = PostgresTransfer(self.database)  # bridge copy-state
         self.listener: DeliveryListener | None = None  # watch_deliveries()
 

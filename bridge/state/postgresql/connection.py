@@ -150,12 +150,16 @@ class Database:
         raise StateError(f"{self.display}: no connection to the database (the server went away)")
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[psycopg.Connection[Any]]:
-        """One write transaction; on any failure nothing of it is written."""
+    def write(self, *, seen: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        """One write transaction; on any failure nothing of it is written.
+
+        `seen`: counted in generation(), so that other states drop what they cached. False for
+        a write no other state has cached (a daemon's polls of the shards it holds).
+        """
         try:
             with self.connection() as conn:
                 try:
-                    conn.execute(self._bump)
+                    conn.execute(self._bump if seen else b"BEGIN")
                     yield conn
                     conn.execute("COMMIT")
                 except psycopg.Error as exc:

@@ -88,6 +88,7 @@ class PostgresCoordination:
         self._leased = False  # whether this instance ever took a lease (close releases them)
         self._sharing = False  # whether this instance takes part in share()
         self._shards: dict[int, int] = {}  # the shards held: shard -> token
+        self._held: frozenset[int] = frozenset()  # the same, for holds() from other threads
         self._registered = False
         self._beating: threading.Event | None = None
         self._beater: threading.Thread | None = None
@@ -196,10 +197,16 @@ class PostgresCoordination:
                 ).fetchall()
                 held.update((int(shard), int(token)) for shard, token in taken)
         self._shards = held
+        self._held = frozenset(held)
         # The highest shards go back first: those a joining instance takes from the low end
         # are the free ones, so two instances rebalancing at once do not trade the same ones.
         surplus = frozenset(sorted(held)[fair:]) if len(held) > fair else frozenset()
         return Share(frozenset(held), surplus, agreed)
+
+    def holds(self, names: Iterable[str]) -> bool:
+        """Whether this daemon holds the shards of all these sources (as of its last beat)."""
+        held = self._held
+        return self._sharing and all(shard_of(name) in held for name in names)
 
     def give_back(self, shards: Iterable[int]) -> None:
         """Release shards held here: free to the others at their next beat."""
@@ -215,6 +222,7 @@ class PostgresCoordination:
             )
         for shard in mine:
             del self._shards[shard]
+        self._held = frozenset(self._shards)
 
     # --- poll leases -----------------------------------------------------------------------
 

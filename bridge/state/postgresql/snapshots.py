@@ -5,7 +5,7 @@ commit announces to every instance (listen.py)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -41,6 +41,11 @@ class PostgresSnapshots:
     def __init__(self, database: Database, owner: str):
         self.database = database
         self.owner = owner  # this state's instance id: the owner of the leases it takes
+        # Whether every one of these sources is of a shard this instance holds (set by
+        # PostgresState: Coordination.holds). Polls of those only are written unseen by
+        # generation(): no other instance polls (or caches) them, and one that gains their shard
+        # reads them afresh. Every other write (`bridge once`, a stray, a command) is seen.
+        self.held_here: Callable[[Iterable[str]], bool] = lambda names: False
 
     def source_row(self, name: str) -> SourceRow:
         """The stored row of a source, or a fresh one if it was never polled."""
@@ -109,7 +114,8 @@ class PostgresSnapshots:
         instance can take a lease between the check and the write.
         """
         commits = list(commits)
-        with self.database.write() as conn:
+        names = [c.row.name for c in commits] + [r.name for r, _ in touched]
+        with self.database.write(seen=not self.held_here(names)) as conn:
             if host_blocks:
                 conn.execute("DELETE FROM host_blocks WHERE until < %s", (time.time(),))
                 conn.cursor().executemany(
