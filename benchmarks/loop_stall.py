@@ -3,9 +3,10 @@
 Issue 16: "the event loop never blocks on a database round trip for a whole poll's worth of
 time". A `bridge run` (in process) polls N unchanged sources at nginx every few seconds while
 a probe task asks the loop for a 5 ms sleep again and again: how late each wake-up comes is how
-long something held the loop. The calls the engine makes to the state on the loop (the lease of
-a wake-up's sources, the batched write of unchanged polls) are timed on their own, beside the
-wall time of a poll (its HTTP request and assessment).
+long something held the loop. The engine's big calls to the state (the lease of a wake-up's
+sources, the batched write of unchanged polls) are timed on their own, beside the wall time of a
+poll (its HTTP request and assessment): on SQLite they run on the loop, on PostgreSQL in a
+worker thread (State.threaded).
 
     python benchmarks/loop_stall.py [--sources 2000] [--every 10] [--seconds 40]
 
@@ -55,8 +56,9 @@ async def measure(config_path: Path, warmup: float, seconds: float) -> dict[str,
     while daemon.engine is None:
         await asyncio.sleep(0.05)
     engine = daemon.engine
-    engine.lease = timed(found["lease"], engine.lease)  # type: ignore[method-assign]
-    engine.flush = timed(found["flush"], engine.flush)  # type: ignore[method-assign]
+    # The state calls themselves, on the loop (SQLite) or in a worker thread (PostgreSQL).
+    engine._grant = timed(found["lease"], engine._grant)  # type: ignore[method-assign]
+    engine._write_batch = timed(found["flush"], engine._write_batch)  # type: ignore[method-assign]
     poll = engine.poll
 
     async def timed_poll(*args: Any, **kwargs: Any) -> Any:

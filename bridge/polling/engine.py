@@ -8,12 +8,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 
 from bridge.config import Config
-from bridge.errors import SourceError, StateError
+from bridge.errors import BridgeError, SourceError, StateError
 from bridge.http import HttpClient
 from bridge.model import PollCommit, PollOutcome, SourceRow
 from bridge.polling.assess import assess, failed, fetch_state
@@ -34,6 +34,19 @@ FLUSH_EVERY = 2000  # the daemon's FLUSH_INTERVAL of polls at 200 a second
 # the daemon). A row stale for that long costs at most one unconditional fetch: snapshots are
 # always read from the state.
 ROWS_RECHECK = 1.0
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Batch:
+    """Buffered polls taken out to be written together (Engine.flush)."""
+
+    changes: list[PollCommit]
+    others: list[PollCommit]
+    blocks: dict[str, float]
+    touched: list[Touched]
 
 
 def poll_lease(timeout: float) -> float:
@@ -132,6 +145,8 @@ class Engine:
         # Leases of polls that could not be written (the state failed): given back at the next
         # claim, so that those sources are polled again then, not when the leases run out.
         self._unwritten: dict[str, int] = {}
+        self._flushing: asyncio.Future[None] | None = None  # a flush_async writing now
+        self._flush_task: asyncio.Task[None] | None = None  # one started by _flush_soon
         self._buffer: dict[str, PollCommit] = {}
         self._changes: dict[str, PollCommit] = {}  # changed polls held by poll_many
         # Unchanged polls of healthy sources (nearly every poll of a daemon) keep only their new
@@ -161,24 +176,55 @@ class Engine:
         seconds) that nobody else polled for that long (Coordination.lease_strays). Polls done
         here but not yet written are written first, since writing a poll ends its lease.
         """
-        if not (
+        if self._waits_for_flush(names):
+            self.flush()
+        granted = self._grant(names, anywhere, strays)
+        self._leases.update(granted)
+        return [n for n in names if n in granted]
+
+    async def lease_async(
+        self, names: list[str], *, strays: Mapping[str, float] | None = None
+    ) -> list[str]:
+        """lease(), with its writes made off the event loop where the state allows it (the
+        scheduler's claim of a wake-up's sources)."""
+        if self._flushing is not None or self._waits_for_flush(names):
+            await self.flush_async()
+        granted = await self._off_loop(self._grant, names, False, strays)
+        self._leases.update(granted)
+        return [n for n in names if n in granted]
+
+    def _waits_for_flush(self, names: list[str]) -> bool:
+        return not (
             self._touched.keys().isdisjoint(names)
             and self._buffer.keys().isdisjoint(names)
             and self._changes.keys().isdisjoint(names)
-        ):
-            self.flush()
+        )
+
+    def _grant(
+        self, names: list[str], anywhere: bool, strays: Mapping[str, float] | None
+    ) -> dict[str, int]:
+        # May run in a worker thread (_off_loop): it reads and writes nothing of the engine's
+        # but the leases of unwritten polls, which only the event loop's thread adds to.
         if self._unwritten:
-            self.state.coordination.release_polls(self._unwritten)
-            self._unwritten.clear()
+            unwritten = dict(self._unwritten)
+            self.state.coordination.release_polls(unwritten)
+            for name in unwritten:
+                self._unwritten.pop(name, None)
         now = time.time()
         until = now + self._lease_length
         coordination = self.state.coordination
         if strays is not None:
-            granted = coordination.lease_strays(strays, now, until)
-        else:
-            granted = coordination.lease_polls(names, now, until, anywhere=anywhere)
-        self._leases.update(granted)
-        return [n for n in names if n in granted]
+            return coordination.lease_strays(strays, now, until)
+        return coordination.lease_polls(names, now, until, anywhere=anywhere)
+
+    async def _off_loop(self, func: Callable[..., T], *args: Any) -> T:
+        # A state whose parts may be called from other threads (PostgreSQL) is written from a
+        # worker thread: a round trip, or a batch of thousands of rows, never holds the event
+        # loop. SQLite's connection belongs to the loop's thread, and a write takes well under
+        # a poll's time there.
+        if self.state.threaded:
+            return await asyncio.to_thread(func, *args)
+        return func(*args)
 
     def forget_rows(self) -> None:
         """Read the source rows afresh before the next poll: this instance gained sources whose
@@ -287,7 +333,7 @@ class Engine:
         commit.duration = self.clock() - started
         commit.lease = lease
         if not dry_run:
-            self._record(commit, last)
+            await self._record(commit, last)
         return PollResult(
             name,
             commit.result,
@@ -325,13 +371,13 @@ class Engine:
         duration = self.clock() - polled_at
         self._touched[name] = (polled_at, next_poll_at, "unchanged", lease)
         if self._pending() >= FLUSH_EVERY:
-            self.flush()
+            self._flush_soon()
         if self.metrics is not None:
             self.metrics.poll(name, "unchanged", duration, ())
         log.debug("poll %s: unchanged", name)
         return PollResult(name, "unchanged", duration)
 
-    def _record(self, commit: PollCommit, last: SourceRow) -> None:
+    async def _record(self, commit: PollCommit, last: SourceRow) -> None:
         name = commit.row.name
         held = commit.confirmations is not None  # a count of `confirm:` moved: written now
         if commit.events or commit.upserts or commit.deletes or held or _news(last, commit.row):
@@ -342,7 +388,7 @@ class Engine:
                 if self._pending() >= FLUSH_EVERY:
                     self.flush()
                 return  # observed once flushed
-            refused = self.snapshots.commit_polls([commit])
+            refused = await self._off_loop(self.snapshots.commit_polls, [commit])
             self._written([commit], refused)
             return
         # A whole row whose times and validators moved; one still waiting for this source is in
@@ -351,7 +397,7 @@ class Engine:
         self._touched.pop(name, None)
         self._buffer[name] = commit
         if self._pending() >= FLUSH_EVERY:
-            self.flush()
+            self._flush_soon()
         self._observe(commit)
 
     def _written(self, changes: list[PollCommit], refused: set[str]) -> None:
@@ -396,30 +442,81 @@ class Engine:
     def flush(self) -> None:
         """Write buffered polls (no-change ones, and the changed ones `poll_many` holds) and
         the hosts that asked to be left alone since the last flush."""
+        batch = self._take_batch()
+        if batch is None:
+            return
+        try:
+            refused = self._write_batch(batch)
+        except StateError:
+            self._lost(batch)
+            raise
+        self._finish_batch(batch, refused)
+
+    async def flush_async(self) -> None:
+        """flush(), with the write made off the event loop where the state allows it; one at a
+        time, so that a lease waiting for a flush waits for the one writing its source."""
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        batch = self._take_batch()
+        if batch is None:
+            return
+        self._flushing = asyncio.get_running_loop().create_future()
+        try:
+            refused = await self._off_loop(self._write_batch, batch)
+        except StateError:
+            self._lost(batch)
+            raise
+        else:
+            self._finish_batch(batch, refused)
+        finally:
+            self._flushing.set_result(None)
+            self._flushing = None
+
+    def _flush_soon(self) -> None:
+        # The buffer is full in the middle of a poll: written now, or off the loop (in a task).
+        if not self.state.threaded:
+            self.flush()
+        elif self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_logged())
+
+    async def _flush_logged(self) -> None:
+        try:
+            await self.flush_async()
+        except BridgeError as exc:  # the daemon's next flush tries again (and says so)
+            log.error("buffered polls could not be written: %s", exc)
+
+    def _take_batch(self) -> _Batch | None:
         blocks = self.http.take_new_blocks()
         if not self._pending() and not blocks:
-            return
-        changes = list(self._changes.values())
-        others = list(self._buffer.values())
-        touched = self._take_touched()
+            return None
+        batch = _Batch(
+            list(self._changes.values()), list(self._buffer.values()), blocks, self._take_touched()
+        )
         self._buffer.clear()
         self._changes.clear()
-        try:
-            refused = self.snapshots.commit_polls([*changes, *others], blocks, touched)
-        except StateError:
-            # Nothing of it was written: those sources are polled again (their leases given
-            # back at the next claim), and the cached rows, moved ahead by `touched`, read again.
-            for commit in (*changes, *others):
-                if commit.lease is not None:
-                    self._unwritten[commit.row.name] = commit.lease
-            for row, lease in touched:
-                if lease is not None:
-                    self._unwritten[row.name] = lease
-            self._rows = None
-            raise
+        return batch
+
+    def _write_batch(self, batch: _Batch) -> set[str]:
+        # May run in a worker thread (_off_loop): it touches nothing of the engine's.
+        return self.snapshots.commit_polls(
+            [*batch.changes, *batch.others], batch.blocks, batch.touched
+        )
+
+    def _lost(self, batch: _Batch) -> None:
+        # Nothing of it was written: those sources are polled again (their leases given back
+        # at the next claim), and the cached rows, moved ahead by `touched`, read again.
+        for commit in (*batch.changes, *batch.others):
+            if commit.lease is not None:
+                self._unwritten[commit.row.name] = commit.lease
+        for row, lease in batch.touched:
+            if lease is not None:
+                self._unwritten[row.name] = lease
+        self._rows = None
+
+    def _finish_batch(self, batch: _Batch, refused: set[str]) -> None:
         if not refused:
-            self._committed(others)
-        self._written(changes, refused)
+            self._committed(batch.others)
+        self._written(batch.changes, refused)
 
     async def poll_many(
         self,

@@ -31,7 +31,7 @@ LaneFunc = Callable[[str], "str | None"]  # a source's lane (the host it polls),
 # Takes the due sources of one wake-up and returns those that may be polled now, in order: the
 # engine's lease (one poll of a source at a time is the state's promise, not the scheduler's).
 # It says why it refused those it refused: the scheduler only skips them this turn.
-ClaimFunc = Callable[[list[str]], list[str]]
+ClaimFunc = Callable[[list[str]], Coroutine[Any, Any, list[str]]]
 DropFunc = Callable[[list[str]], None]  # claimed sources whose polls will not run after all
 
 # Overdue sources are spread over at most this many seconds after start: soon enough that a
@@ -260,13 +260,24 @@ class Scheduler:
             self._start_claimed(due)
 
     def _start_claimed(self, due: list[str]) -> None:
+        if self.claim is None:
+            for name in due:
+                self._start(name)
+        else:  # the claim writes to the state: awaited in a task of its own
+            self._spawn(self._claim_then_start(due))
+
+    async def _claim_then_start(self, due: list[str]) -> None:
+        assert self.claim is not None
         try:
-            granted = self.claim(due) if self.claim is not None else due
+            granted = await self.claim(due)
         except BridgeError as exc:  # the state failing: these polls wait for their next turn
             log.error("could not claim %d due sources: %s", len(due), exc)
             return
         except Exception:
             log.exception("could not claim %d due sources", len(due))
+            return
+        if not self._running:  # shut down while claiming: they will not run
+            self._dropped(collections.deque(granted))
             return
         for name in granted:
             self._start(name)

@@ -218,7 +218,7 @@ class Daemon:
                 continue
             next_flush = time.monotonic() + FLUSH_INTERVAL
             try:
-                self.engine.flush()
+                await self.engine.flush_async()
                 if time.time() >= next_trim:
                     next_trim = time.time() + TRIM_INTERVAL
                     before = time.time() - self.config.retention
@@ -337,7 +337,7 @@ class Daemon:
                 log.info("stopping: waiting up to %.0fs for in-flight work", self.config.grace)
                 self.scheduler.shutdown()
                 await self._finish_polls()
-                engine.flush()
+                await engine.flush_async()
                 await dispatcher.stop(0 if self._force else self.config.grace)
                 await asyncio.gather(housekeeping, sharing, return_exceptions=True)
         finally:

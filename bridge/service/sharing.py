@@ -101,11 +101,11 @@ class Sharing:
         watch = dataclasses.replace(spec, every=stray_after(spec))
         self.scheduler.schedule(watch, time.time())
 
-    def claim(self, due: list[str]) -> list[str]:
+    async def claim(self, due: list[str]) -> list[str]:
         """The scheduler's claim: the due sources of this instance's shards are leased; the
         strays among them only when nobody else polls them."""
         ours = [n for n in due if self.mine(n)] if self.shards is not None else due
-        granted = self.engine.lease(ours) if ours else []
+        granted = await self.engine.lease_async(ours) if ours else []
         if len(granted) < len(ours):
             for name in sorted(set(ours) - set(granted)):
                 log.warning(
@@ -115,7 +115,7 @@ class Sharing:
             return granted
         sources = self.engine.sources
         strays = {n: stray_after(sources[n].spec) for n in due if n not in ours}
-        taken = self.engine.lease(list(strays), strays=strays)
+        taken = await self.engine.lease_async(list(strays), strays=strays)
         for name in strays:
             self._stray(sources[name].spec, polled=name in taken)
         return granted + taken
@@ -193,7 +193,7 @@ class Sharing:
                 await asyncio.wait(running, timeout=HEARTBEAT_INTERVAL)
             busy = {shard_of(n) for n in self.polling}
             # Their polls' times are written before the next holder reads them to schedule.
-            self.engine.flush()
+            await self.engine.flush_async()
             await asyncio.to_thread(coordination.give_back, share.surplus - busy)
         if gone or gained:
             log.info(

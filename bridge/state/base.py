@@ -289,6 +289,11 @@ class State(Protocol):
     """One opened state: its parts, and its health."""
 
     @property
+    def threaded(self) -> bool:
+        """Whether its parts may be called from other threads while the event loop's thread
+        uses them too (the daemon then writes from a worker thread, off the loop)."""
+
+    @property
     def location(self) -> str:
         """Where the state is: a SQLite file's path, or a PostgreSQL URL (with its password:
         print it through bridge.state.redact_location)."""

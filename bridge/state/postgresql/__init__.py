@@ -21,6 +21,7 @@ class PostgresState:
 
     def __init__(self, url: str, *, busy_timeout: float = 5.0):
         self.location = url
+        self.threaded = True  # a pool: any thread takes a connection of its own
         instance_id = new_instance_id()
         self.database = Database(url, instance_id, busy_timeout=busy_timeout)
         self.snapshots = PostgresSnapshots(self.database, instance_id)

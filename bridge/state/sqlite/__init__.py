@@ -21,6 +21,7 @@ class SqliteState:
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0):
         self.location = path
+        self.threaded = False  # one connection, of the thread that opened it
         self.database = Database(path, busy_timeout=busy_timeout)
         instance_id = new_instance_id()
         self.snapshots = SqliteSnapshots(self.database, instance_id)
