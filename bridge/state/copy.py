@@ -33,6 +33,20 @@ TABLES: dict[str, tuple[str, ...]] = {
     "attempts": ("id", "delivery_id", "at", "status", "error", "duration"),
 }  # fmt: skip
 
+# What is read of each table, in SQL both backends take. Only the deliveries a daemon still has
+# work for (pending) or a user may replay (dead) are copied, and only their attempts.
+_KEPT = "status IN ('pending', 'dead')"
+EXPORTS = {
+    "sources": f"SELECT {SOURCE_COLUMNS} FROM sources ORDER BY name",
+    "items": "SELECT source, key, hash, content FROM items",
+    "confirmations": "SELECT source, key, hash, seen FROM confirmations",
+    "host_blocks": "SELECT host, until FROM host_blocks",
+    "events": "SELECT seq, id, source, type, key, created_at, body FROM events ORDER BY seq",
+    "deliveries": f"SELECT {', '.join(TABLES['deliveries'])} FROM deliveries "
+    f"WHERE {_KEPT} ORDER BY id",
+    "attempts": "SELECT id, delivery_id, at, status, error, duration FROM attempts "
+    f"WHERE delivery_id IN (SELECT id FROM deliveries WHERE {_KEPT}) ORDER BY id",
+}
 # The tables a copy's target must have no row in.
 GUARDED = ("sources", "events", "deliveries")
 

@@ -8,24 +8,9 @@ from typing import Any
 import psycopg
 
 from bridge.state.base import Rows
-from bridge.state.copy import GUARDED, TABLES, not_empty
+from bridge.state.copy import EXPORTS, GUARDED, TABLES, not_empty
 from bridge.state.postgresql.connection import Database
-from bridge.state.rows import SOURCE_COLUMNS, row_from, row_values
-
-# What is read of each table. Only the deliveries a daemon still has work for (pending) or
-# a user may replay (dead) are copied, and only their attempts.
-_KEPT = "status IN ('pending', 'dead')"
-_SELECT = {
-    "sources": f"SELECT {SOURCE_COLUMNS} FROM sources ORDER BY name",
-    "items": "SELECT source, key, hash, content FROM items",
-    "confirmations": "SELECT source, key, hash, seen FROM confirmations",
-    "host_blocks": "SELECT host, until FROM host_blocks",
-    "events": "SELECT seq, id, source, type, key, created_at, body FROM events ORDER BY seq",
-    "deliveries": f"SELECT {', '.join(TABLES['deliveries'])} FROM deliveries "
-    f"WHERE {_KEPT} ORDER BY id",
-    "attempts": "SELECT a.id, a.delivery_id, a.at, a.status, a.error, a.duration "
-    f"FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.{_KEPT} ORDER BY a.id",
-}
+from bridge.state.rows import row_from, row_values
 
 # The identity columns whose next value must come after the copied ids.
 _IDENTITIES = (("events", "seq"), ("deliveries", "id"), ("attempts", "id"))
@@ -45,7 +30,7 @@ class PostgresTransfer:
             try:
                 for table, columns in TABLES.items():
                     with conn.cursor(name=f"bridge_copy_{table}") as cursor:
-                        cursor.execute(_SELECT[table].encode())
+                        cursor.execute(EXPORTS[table].encode())
                         while found := cursor.fetchmany(batch):
                             yield table, [_neutral(table, columns, r) for r in found]
             finally:

@@ -8,24 +8,10 @@ from typing import Any
 
 from bridge.errors import StateError
 from bridge.state.base import Rows
-from bridge.state.copy import GUARDED, TABLES, not_empty
-from bridge.state.rows import SOURCE_COLUMNS, row_from, row_values
+from bridge.state.copy import EXPORTS, GUARDED, TABLES, not_empty
+from bridge.state.rows import row_from, row_values
 from bridge.state.sqlite.connection import Database
 
-# What is read of each table. Only the deliveries a daemon still has work for (pending) or
-# a user may replay (dead) are copied, and only their attempts.
-_KEPT = "status IN ('pending', 'dead')"
-_SELECT = {
-    "sources": f"SELECT {SOURCE_COLUMNS} FROM sources ORDER BY name",
-    "items": "SELECT source, key, hash, content FROM items",
-    "confirmations": "SELECT source, key, hash, seen FROM confirmations",
-    "host_blocks": "SELECT host, until FROM host_blocks",
-    "events": "SELECT seq, id, source, type, key, created_at, body FROM events ORDER BY seq",
-    "deliveries": f"SELECT {', '.join(TABLES['deliveries'])} FROM deliveries "
-    f"WHERE {_KEPT} ORDER BY id",
-    "attempts": "SELECT id, delivery_id, at, status, error, duration FROM attempts "
-    f"WHERE delivery_id IN (SELECT id FROM deliveries WHERE {_KEPT}) ORDER BY id",
-}
 # Columns that hold bytes (an older file may hold text there).
 _BLOBS = {"items": "content", "events": "body"}
 
@@ -44,7 +30,7 @@ class SqliteTransfer:
             conn.execute("BEGIN")
             try:
                 for table, columns in TABLES.items():
-                    cursor = conn.execute(_SELECT[table])
+                    cursor = conn.execute(EXPORTS[table])
                     while found := cursor.fetchmany(batch):
                         yield table, [_neutral(table, columns, r) for r in found]
             finally:
