@@ -15,6 +15,10 @@ fences every poll's commit; it is free when released, expired, or held by a regi
 instance that is dead, so a killed instance's sources move on well before their leases end.
 An owner that never registered (a `bridge once`) holds its leases until they expire. A daemon
 is granted a lease only on a source of a shard it holds.
+
+Every write here is unseen by generation() (Database.write(seen=False)): heartbeats, shards and
+leases change nothing of the source rows the other instances cache (the lease columns are not
+part of a SourceRow), and counting them made every instance re-read every row once a second.
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ class PostgresCoordination:
     def register(self, now: float) -> None:
         """Record this instance (id, host, pid) as live since `now`, and forget instances
         dead for a day."""
-        with self.database.write() as conn:
+        with self.database.write(seen=False) as conn:
             conn.execute("DELETE FROM instances WHERE heartbeat_at < %s", (now - FORGET_AFTER,))
             conn.execute(
                 "INSERT INTO instances (id, host, pid, started_at, heartbeat_at) "
@@ -110,7 +114,7 @@ class PostgresCoordination:
 
     def heartbeat(self, now: float) -> None:
         """Mark this instance alive at `now` (registering it again if its row was removed)."""
-        with self.database.write() as conn:
+        with self.database.write(seen=False) as conn:
             found = conn.execute(
                 "UPDATE instances SET heartbeat_at = greatest(heartbeat_at, %s) WHERE id = %s",
                 (now, self.instance_id),
@@ -145,7 +149,7 @@ class PostgresCoordination:
         if self._shards:
             self.give_back(list(self._shards))
         if self._registered:
-            with self.database.write() as conn:
+            with self.database.write(seen=False) as conn:
                 conn.execute("DELETE FROM instances WHERE id = %s", (self.instance_id,))
             self._registered = False
 
@@ -165,7 +169,7 @@ class PostgresCoordination:
         """Renew the shards held here, and take free ones up to this instance's fair share."""
         self._sharing = True
         until = now + INSTANCE_TIMEOUT
-        with self.database.write() as conn:
+        with self.database.write(seen=False) as conn:
             conn.execute(
                 "UPDATE instances SET sources = %s WHERE id = %s", (sources, self.instance_id)
             )
@@ -213,7 +217,7 @@ class PostgresCoordination:
         mine = [s for s in shards if s in self._shards]
         if not mine:
             return
-        with self.database.write() as conn:
+        with self.database.write(seen=False) as conn:
             conn.execute(
                 "UPDATE shards h SET owner = NULL, until = NULL FROM unnest(%s::int[], "
                 "%s::bigint[]) AS m(shard, token) WHERE h.shard = m.shard AND h.owner = %s "
@@ -247,7 +251,7 @@ class PostgresCoordination:
         if not wanted:
             return {}
         self._leased = True
-        with self.database.write() as conn:
+        with self.database.write(seen=False) as conn:
             # A source never polled gets its row now, to hold the lease.
             conn.execute(
                 "INSERT INTO sources (name) SELECT unnest(%s::text[]) ON CONFLICT (name) "
@@ -279,7 +283,7 @@ class PostgresCoordination:
         """Release leases of polls that will not run (dropped at shutdown)."""
         if not leases:
             return
-        with self.database.write() as conn:
+        with self.database.write(seen=False) as conn:
             conn.execute(
                 "UPDATE sources s SET lease_until = NULL "
                 "FROM unnest(%s::text[], %s::bigint[]) AS l(name, token) "
@@ -291,7 +295,7 @@ class PostgresCoordination:
         """Release every lease this instance still holds (its state is closing)."""
         if not self._leased:
             return  # a command that only read: it writes nothing
-        with self.database.write() as conn:
+        with self.database.write(seen=False) as conn:
             conn.execute(
                 "UPDATE sources SET lease_until = NULL WHERE lease_owner = %s "
                 "AND lease_until IS NOT NULL",

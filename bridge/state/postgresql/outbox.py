@@ -15,6 +15,9 @@ A claim is one transaction of two statements:
    is taken after the advisory locks are held, so it sees the lease of any claim of the same
    source that committed before: a claimer releases its advisory lock only after its commit
    is visible. A source refused here is claimed by a later look.
+
+Claims and finished attempts are written unseen by generation() (Database.write(seen=False)):
+they touch no source row another instance caches.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ class PostgresOutbox:
         across every instance; `finished` attempts are recorded first, in the same transaction.
         """
         if finished:
-            with self.database.write() as conn:
+            with self.database.write(seen=False) as conn:
                 _write_finished(conn, self.database.owner, finished)
                 return _claim(conn, self.database.owner, webhook, now, limit, lease)
         if limit <= 0:
@@ -117,7 +120,7 @@ class PostgresOutbox:
             due = conn.execute(_ANY_DUE, {"webhook": webhook, **_times(now)}).fetchone()
         if due is None:
             return []
-        with self.database.write() as conn:
+        with self.database.write(seen=False) as conn:
             return _claim(conn, self.database.owner, webhook, now, limit, lease)
 
     def next_due(self, webhook: str) -> float | None:
@@ -130,7 +133,7 @@ class PostgresOutbox:
     def finish_attempts(self, finished: Sequence[Finished]) -> None:
         """Record several attempts in one transaction."""
         if finished:
-            with self.database.write() as conn:
+            with self.database.write(seen=False) as conn:
                 _write_finished(conn, self.database.owner, finished)
 
 
