@@ -28,6 +28,7 @@ from bridge.service import logs
 if TYPE_CHECKING:
     from bridge.delivery.worker import Failure
     from bridge.polling.engine import Engine, PollResult
+    from bridge.state import State
 
 # Progress shows when one pass polls at least this many sources and stderr is a terminal.
 PROGRESS_FROM = 10
@@ -54,7 +55,6 @@ def once(config_path: str | None, sources: tuple[str, ...], quiet: bool) -> int:
 
 
 async def _once(config: Config, names: list[str], *, quiet: bool = False) -> int:
-    from bridge.delivery.dispatcher import Dispatcher
     from bridge.http import HttpClient
     from bridge.polling.engine import Engine
 
@@ -62,7 +62,6 @@ async def _once(config: Config, names: list[str], *, quiet: bool = False) -> int
     failures: list[Failure] = []
     try:
         async with HttpClient(per_host=config.per_host) as http:
-            dispatcher = Dispatcher(config.webhooks, state.outbox, http)
             engine = Engine(config, state, http)
             done = errors = 0
             shown = 0.0
@@ -85,8 +84,10 @@ async def _once(config: Config, names: list[str], *, quiet: bool = False) -> int
             first_polls(engine, [r for r in results if r.result == "new"])
             if state.coordination.daemon_running():
                 say.info("a `bridge run` is using this state file; it delivers")
-            else:
-                failures = await dispatcher.deliver_due()
+            elif _anything_due(config, state, time.time()):
+                from bridge.delivery.dispatcher import Dispatcher
+
+                failures = await Dispatcher(config.webhooks, state.outbox, http).deliver_due()
     finally:
         state.close()
     counts: dict[str, int] = {}
@@ -103,6 +104,16 @@ async def _once(config: Config, names: list[str], *, quiet: bool = False) -> int
         _failed_deliveries(failures),
     )
     return EXIT_FAILED if counts.get("error") or failures else EXIT_OK
+
+
+def _anything_due(config: Config, state: State, now: float) -> bool:
+    """Whether a configured webhook has a delivery that can be sent now. A pass that found no
+    change (the usual cron run) then loads no delivery code at all."""
+    for webhook in config.webhooks:
+        due = state.outbox.next_due(webhook)
+        if due is not None and due <= now:
+            return True
+    return False
 
 
 def _failed_deliveries(failures: list[Failure]) -> str:

@@ -41,6 +41,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
 # Values of these plugin option names are secrets whatever the plugin declares; a URL may carry
 # credentials too (user:password@, a key in the query).
 SECRET_NAMES = frozenset({"token", "secret", "password", "auth", "headers", "url"})
+_COMMON_ORDER = {key: i for i, key in enumerate(COMMON_KEYS)}
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 # RFC 9110 token characters: what a request line's method may be made of
 _METHOD_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -54,9 +55,14 @@ class SourceReader(ValueReader):
     def __init__(self, doc: Doc, path: Path) -> None:
         super().__init__(doc)
         self.path = path  # the config file's absolute path
+        self.file = str(path)  # as every SourceSpec names it
         self.webhook_names: tuple[str, ...] = ()
         self.known_keys: dict[type[Source], tuple[str, ...]] = {}  # a source's keys, by plugin
-        self._declared: dict[type[Source], list[tuple[str, Option, bool]]] = {}
+        self._declared: dict[type[Source], list[tuple[str, Option, bool, bool]]] = {}
+        self._expressions: set[str] = set()  # JMESPath options that compiled
+        # What a source's unset common options take, by whether it schedules itself: worked out
+        # once per `defaults:`, not for each of thousands of sources.
+        self._fallbacks: dict[bool, tuple[Defaults, dict[str, Any]]] = {}
 
     def common(self, key: str, value: Any, path: KeyPath) -> Any:
         """One common source option, normalized (also for `defaults:`)."""
@@ -170,8 +176,11 @@ class SourceReader(ValueReader):
                 self.errors.append(self.err((*path, key), suggest(key, known), at_key=True))
         # null means "not given", except for alert_after where it turns alerts off
         common: dict[str, Any] = {}
-        for key in COMMON_KEYS:
-            if key in raw and (raw[key] is not None or key == "alert_after"):
+        given = [key for key in raw if key in _COMMON_ORDER]
+        if len(given) > 1:
+            given.sort(key=_COMMON_ORDER.__getitem__)  # problems in the order of COMMON_KEYS
+        for key in given:
+            if raw[key] is not None or key == "alert_after":
                 try:  # (not part(): this runs for every key of thousands of sources)
                     common[key] = self.common(key, raw[key], (*path, key))
                 except ConfigError as exc:
@@ -208,15 +217,11 @@ class SourceReader(ValueReader):
         path: KeyPath,
     ) -> SourceSpec:
         """The SourceSpec of a source without problems: defaults and built-in defaults applied."""
-        # a source's own every: or cron: replaces both scheduling defaults
-        scheduled = {"every", "cron"} if {"every", "cron"} & set(common) else set()
-        for key, (value, _) in defaults.items():
-            if key in COMMON_KEYS and key not in scheduled:
-                common.setdefault(key, value)
-        for key, value in BUILTIN_DEFAULTS.items():
-            if not (key == "every" and "cron" in common):
-                common.setdefault(key, value)
-        every = common.get("every")
+        own_cron = "cron" in common
+        merged = {**self.fallbacks(defaults, own_cron or "every" in common), **common}
+        # a source's own cron: has no interval (it takes no default one)
+        every = common.get("every") if own_cron else merged.get("every")
+        common = merged
         unit, amount = common["jitter"]
         # with cron there is no interval: a percentage is then taken of one minute
         jitter = amount * (every if every is not None else 60.0) if unit == "%" else amount
@@ -237,9 +242,28 @@ class SourceReader(ValueReader):
             options=options,
             when=common["when"],
             confirm=common["confirm"],
-            file=str(self.path),  # absolute, as every reload reads it
+            file=self.file,  # absolute, as every reload reads it
             line=self.doc.line(path),
         )
+
+    def fallbacks(self, defaults: Defaults, scheduled: bool) -> dict[str, Any]:
+        """The common options a source does not give, from `defaults:`, else built in. A source
+        with its own every: or cron: (`scheduled`) takes neither scheduling default; with a
+        cron: from `defaults:` there is no built-in interval."""
+        kept = self._fallbacks.get(scheduled)
+        if kept is not None and kept[0] is defaults:
+            return kept[1]
+        given = {
+            key: value
+            for key, (value, _) in defaults.items()
+            if key in COMMON_KEYS and not (scheduled and key in ("every", "cron"))
+        }
+        fallback = {
+            k: v for k, v in BUILTIN_DEFAULTS.items() if k != "every" or "cron" not in given
+        }
+        fallback.update(given)
+        self._fallbacks[scheduled] = (defaults, fallback)
+        return fallback
 
     def options(
         self, cls: type[Source], raw: dict[str, Any], path: KeyPath, defaults: Defaults
@@ -253,7 +277,7 @@ class SourceReader(ValueReader):
             if cls.displaces
             else ()
         )
-        for key, opt, secret in self.declared(cls):
+        for key, opt, secret, shared in self.declared(cls):
             if raw.get(key) is not None:
                 value, at = raw[key], (*path, key)
             elif key not in displaced and defaults.get(key, (None,))[0] is not None:
@@ -263,7 +287,7 @@ class SourceReader(ValueReader):
                 self.errors.append(self.err(at, f"missing required key {key!r}"))
                 continue
             else:
-                options[key] = _own_copy(opt.default)
+                options[key] = opt.default if shared else _own_copy(opt.default)
                 continue
             if secret:
                 self.secret(at)
@@ -285,20 +309,28 @@ class SourceReader(ValueReader):
                 self.errors.append(self.err(at, problem))
         return options
 
-    def declared(self, cls: type[Source]) -> list[tuple[str, Option, bool]]:
-        """The plugin's options: (name, Option, whether it is a secret), worked out once."""
+    def declared(self, cls: type[Source]) -> list[tuple[str, Option, bool, bool]]:
+        """The plugin's options: (name, Option, whether it is a secret, whether its default is
+        immutable and so shared by every source), worked out once."""
         declared = self._declared.get(cls)
         if declared is None:
-            options = cls.options.items()
-            declared = self._declared[cls] = [(k, o, _is_secret(k, o)) for k, o in options]
+            declared = self._declared[cls] = [
+                (k, o, _is_secret(k, o), type(o.default) in _IMMUTABLE)
+                for k, o in cls.options.items()
+            ]
         return declared
 
     def typed(self, value: Any, path: KeyPath, opt: Option, secret: bool) -> Any:
         """A plugin option's value checked against its declared type."""
         kind = opt.type
-        if self.doc.holds_unset(path):
+        if self.doc.unset and self.doc.holds_unset(path):
             return value  # its problem is the unset variable; nothing else can be known
         if kind == "str" and isinstance(value, str):
+            return value
+        if kind == "jmespath":
+            # A large config repeats one expression (`items: items`) in every source.
+            if not (isinstance(value, str) and value in self._expressions):
+                self.expression(value, path, hidden=opt.secret or secret)
             return value
         if kind in ("str", "token"):
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -325,16 +357,6 @@ class SourceReader(ValueReader):
             if not isinstance(value, str) or not _METHOD_RE.match(value):
                 what = f"{short(value)} is not" if isinstance(value, str) else "must be"
                 raise self.err(path, f"{what} an HTTP method such as GET or POST (one word)")
-        elif kind == "jmespath":
-            # polls compile with this same function: what passes here runs, in the same words
-            from bridge.jmespath import ExpressionError, compile_jmespath
-
-            try:
-                compile_jmespath(value)
-            except ExpressionError as exc:
-                hidden = opt.secret or secret  # a secret's value is never repeated
-                problem = f"bad JMESPath expression: {exc.problem}" if hidden else str(exc)
-                raise self.err(path, problem) from None
         elif kind == "mapping" and not isinstance(value, dict):
             raise self.err(path, "must be a mapping")
         elif kind == "list" and not isinstance(value, list):
@@ -345,6 +367,18 @@ class SourceReader(ValueReader):
             shown = isinstance(value, str) and not (opt.secret or secret)
             raise self.err(path, f"{value!r} {problem}" if shown else problem)
         return value
+
+    def expression(self, value: Any, path: KeyPath, *, hidden: bool) -> None:
+        """A JMESPath option's value, compiled as polls compile it: what passes here runs, and
+        a problem reads in the same words (a `hidden` value, a secret's, is never repeated)."""
+        from bridge.jmespath import ExpressionError, compile_jmespath
+
+        try:
+            compile_jmespath(value)
+        except ExpressionError as exc:
+            problem = f"bad JMESPath expression: {exc.problem}" if hidden else str(exc)
+            raise self.err(path, problem) from None
+        self._expressions.add(value)
 
 
 def check_expression(value: Any) -> str:

@@ -3,7 +3,6 @@ the value's FILE:LINE and key path."""
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +18,8 @@ LINE_BREAK = re.compile("[\r\n\0]")  # what no header name or value may hold
 
 def suggest(key: str, known: tuple[str, ...]) -> str:
     """The problem of an unknown key: the closest known one, else all of them."""
+    import difflib  # for a config with a problem only
+
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(known))
     return f"unknown key {key if len(key) <= 40 else key[:37] + '...'!r} ({hint})"

@@ -46,8 +46,29 @@ _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = "tag:yaml.org,2002:str"
 _NODE_EVENTS = (yaml.ScalarEvent, yaml.AliasEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
-_FAST_LOADER = getattr(yaml, "CSafeLoader", None)
 _PLAIN_KEY_RE = re.compile(r"^[\w.@$/-]+$", re.ASCII)
+
+_FAST_LOADER: Any = None  # libyaml's loader, when PyYAML has it
+if hasattr(yaml, "CSafeLoader"):
+
+    class _FastLoader(yaml.CSafeLoader):
+        """libyaml's loader. A scalar no implicit resolver can match (quoted, or whose first
+        character starts none of them: most names, URLs and expressions) is a string without a
+        walk of PyYAML's resolver tables, which libyaml asks once for every scalar."""
+
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+            """The node's tag, as PyYAML's resolver gives it."""
+            by_first = self.yaml_implicit_resolvers  # first character -> resolvers
+            if (
+                kind is yaml.ScalarNode
+                and not self.yaml_path_resolvers
+                and None not in by_first
+                and (not implicit[0] or (value and value[0] not in by_first))
+            ):
+                return self.DEFAULT_SCALAR_TAG
+            return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+
+    _FAST_LOADER = _FastLoader
 
 
 class _Ref(NamedTuple):
@@ -222,6 +243,8 @@ class Doc:
             self._spend(0, path)
         self.value_lines.setdefault(path, node.start_mark.line + 1)
         if type(node) is yaml.ScalarNode:  # most nodes; a scalar never contains itself
+            if node.tag == _STR_TAG and "\ue000" not in node.value:
+                return node.value  # most scalars: what _scalar() would make of it, sooner
             return self._scalar(node, path)
         if id(node) in active:  # no value could ever be built from it: nothing else is checked
             raise self.error(path, "an alias refers to itself")
@@ -233,8 +256,9 @@ class Doc:
                 return self._problem(path, f"unsupported YAML tag {node.tag}")
             result: dict[str, Any] = {}
             for key, key_node, value_node in self._pairs(node, path, active):
-                self.key_lines[(*path, key)] = key_node.start_mark.line + 1
-                result[key] = self._build(value_node, (*path, key), active)
+                at = (*path, key)
+                self.key_lines[at] = key_node.start_mark.line + 1
+                result[key] = self._build(value_node, at, active)
             return result
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ_TAG:
@@ -259,7 +283,9 @@ class Doc:
     ) -> list[tuple[str, yaml.Node, yaml.Node]]:
         """(key, key node, value node), merge keys (`<<: *anchor`) folded in, duplicates refused."""
         # Every pair counts, merged ones too: a merge of merges is as much a bomb as an alias.
-        self._spend(len(node.value), path)
+        self._budget -= len(node.value)  # _spend(), inline: this runs for every mapping
+        if self._budget < 0:
+            self._spend(0, path)
         own: dict[str, tuple[str, yaml.Node, yaml.Node]] = {}
         merged: dict[str, tuple[str, yaml.Node, yaml.Node]] = {}
         for key_node, value_node in node.value:
@@ -280,7 +306,9 @@ class Doc:
                 self.errors.append(Located(problem, file=self.file, line=line, key=key, path=path))
                 continue
             # the text as written: `on:` is the key "on", not True; keys are never interpolated
-            key = _PLACEHOLDER_RE.sub(lambda m: self._refs[int(m[1])].text, str(key_node.value))
+            key = str(key_node.value)
+            if "\ue000" in key:
+                key = _PLACEHOLDER_RE.sub(lambda m: self._refs[int(m[1])].text, key)
             if key in own:
                 self.key_lines[(*path, key)] = key_node.start_mark.line + 1
                 self._problem((*path, key), f"duplicate key {key!r}", at_key=True)

@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 import jmespath.exceptions
 import jmespath.parser
 import jmespath.visitor
-import jsonpatch
 import orjson
 
 from bridge.errors import SourceError
@@ -317,6 +316,8 @@ def json_patch(before: Any, after: Any, ignore: tuple[str, ...] = ()) -> list[di
         ops: list[dict[str, Any]] = []
         if _replaced_scalars(before, after, "", ops):
             return ops
+    import jsonpatch  # for what the fast path cannot write; most polls change nothing at all
+
     patch: list[dict[str, Any]] = jsonpatch.make_patch(before, after).patch
     return patch
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from bridge.sources.base import Option
-from bridge.sources.oauth2 import check_oauth2
+
+if TYPE_CHECKING:  # imported for a source with `auth: {oauth2: ...}` only
+    from bridge.sources.oauth2 import Client
 
 # An absolute http(s) URL with a plain host name or IPv4 address: what nearly every config holds,
 # accepted without urlsplit, which was a large part of loading a big config; anything else is
@@ -49,6 +51,8 @@ def check_auth(auth: Any) -> list[tuple[str, str]]:
             return [("auth.basic", "must be {username: ..., password: ...}")]
         return []
     if isinstance(auth, Mapping) and set(auth) == {"oauth2"}:
+        from bridge.sources.oauth2 import check_oauth2
+
         return check_oauth2(auth["oauth2"])
     return [
         (
@@ -69,6 +73,17 @@ def check_http_url(url: Any) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http:// or https:// URL"
     return None
+
+
+def oauth2_client(options: Mapping[str, Any]) -> Client | None:
+    """The client of a source's `auth: {oauth2: ...}`, or None without one (oauth2.py, its token
+    cache and its client, are then never imported)."""
+    auth = options.get("auth")
+    if not (isinstance(auth, Mapping) and "oauth2" in auth):
+        return None
+    from bridge.sources.oauth2 import Client
+
+    return Client.of(options)
 
 
 def request_headers(options: Mapping[str, Any]) -> dict[str, str]:

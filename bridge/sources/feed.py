@@ -21,10 +21,10 @@ from bridge.sources._common import (
     body_hash,
     check_auth,
     check_http_url,
+    oauth2_client,
     request_headers,
 )
 from bridge.sources.base import Fetched, FetchState, Option, Source
-from bridge.sources.oauth2 import Client, authorized
 
 # The entry fields an item holds; `id` is the entry's id/guid.
 FIELDS = ("id", "title", "link", "published", "updated", "summary", "author")
@@ -80,9 +80,11 @@ class FeedSource(Source):
     async def fetch(self, http: HttpClient, state: FetchState) -> Fetched:
         """GET the feed conditionally; an identical body is unchanged without parsing."""
         headers = request_headers(self.spec.options)
-        client = Client.of(self.spec.options)
+        client = oauth2_client(self.spec.options)
         if client is None:
             return await self._fetch(http, state, headers)
+        from bridge.sources.oauth2 import authorized
+
         # The bearer is one of the caller's headers: it stays with its origin on redirects.
         return await authorized(
             http,

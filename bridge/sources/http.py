@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -15,12 +15,15 @@ from bridge.sources._common import (
     basic_auth,
     check_auth,
     check_http_url,
+    oauth2_client,
     request_headers,
 )
 from bridge.sources._common import body_hash as hashed
 from bridge.sources.base import MAX_DEPTH, Fetched, FetchState, Option, Source
-from bridge.sources.cursor import CursorPaging, fetch_cursor_pages, paginate_problems
-from bridge.sources.oauth2 import Client, authorized
+
+if TYPE_CHECKING:  # cursor.py and oauth2.py are imported by the sources that use them
+    from bridge.sources.cursor import CursorPaging
+    from bridge.sources.oauth2 import Client
 
 
 class _Request(NamedTuple):
@@ -31,6 +34,8 @@ class _Request(NamedTuple):
     auth: tuple[str, str] | None
     max_pages: int
     json: Any  # the `json:` document, for cursor pages' variables
+    cursor: CursorPaging | None  # `paginate: {cursor: ...}`
+    oauth2: Client | None  # `auth: {oauth2: ...}`
 
 
 class HttpSource(Source):
@@ -62,7 +67,10 @@ class HttpSource(Source):
             problems.append(("json", "give body: or json:, not both"))
         if options.get("max_pages", 10) < 1:
             problems.append(("max_pages", "must be at least 1"))
-        problems += paginate_problems(options)
+        if options.get("paginate") not in (None, "link"):
+            from bridge.sources.cursor import paginate_problems
+
+            problems += paginate_problems(options)
         return problems
 
     @functools.cached_property
@@ -82,7 +90,9 @@ class HttpSource(Source):
 
     @functools.cached_property
     def _request(self) -> _Request:
-        # Built once per source: the options never change, and a daemon polls thousands of times.
+        # Built once per source, all of it at once: the options never change, a daemon polls
+        # thousands of times, and `bridge once` polls each source once (where each cached
+        # property costs its first use).
         opts = self.spec.options
         json_body = opts.get("json")
         data = orjson.dumps(json_body) if json_body is not None else opts.get("body")
@@ -98,23 +108,27 @@ class HttpSource(Source):
             basic_auth(opts),
             opts.get("max_pages", 10) if opts.get("paginate") == "link" else 1,
             json_body,
+            _cursor_paging(opts),
+            oauth2_client(opts),
         )
 
-    @functools.cached_property
-    def _cursor(self) -> CursorPaging | None:
-        return CursorPaging.of(self.spec.options)
-
-    @functools.cached_property
-    def _oauth2(self) -> Client | None:
-        return Client.of(self.spec.options)
-
-    async def fetch(self, http: HttpClient, state: FetchState) -> Fetched:
+    def fetch(self, http: HttpClient, state: FetchState) -> Coroutine[Any, Any, Fetched]:
         """GET (or any method) the URL conditionally, following Link pages when asked."""
-        client, headers = self._oauth2, self._request.headers
-        if client is None:
-            return await self._fetch(http, state, headers)
+        # The fetch's own coroutine is returned, not awaited in one more of this method's: a
+        # frame less on the path of every poll.
+        req = self._request
+        if req.oauth2 is None:
+            return self._fetch(http, state, req.headers)
+        return self._authorized(http, state, req.oauth2, req.headers)
+
+    def _authorized(
+        self, http: HttpClient, state: FetchState, client: Client, headers: Mapping[str, str]
+    ) -> Coroutine[Any, Any, Fetched]:
+        # Apart from fetch(), whose every call would otherwise make the lambda's closure cells.
+        from bridge.sources.oauth2 import authorized
+
         # The bearer is one of the caller's headers: it stays with its origin on redirects.
-        return await authorized(
+        return authorized(
             http,
             client,
             self.spec.timeout,
@@ -127,7 +141,9 @@ class HttpSource(Source):
         opts = self.spec.options
         req = self._request
         docs: list[Any] = []
-        if (cursor := self._cursor) is not None:
+        if (cursor := req.cursor) is not None:
+            from bridge.sources.cursor import fetch_cursor_pages
+
             pages, docs = await fetch_cursor_pages(
                 http,
                 cursor,
@@ -168,3 +184,12 @@ class HttpSource(Source):
                 raise SourceError(f"document nested deeper than {MAX_DEPTH} levels") from exc
             raise SourceError(f"invalid JSON from {where}: {exc}") from exc
         return Fetched(unchanged=False, state=new_state, pages=parsed, complete=pages.complete)
+
+
+def _cursor_paging(options: Mapping[str, Any]) -> CursorPaging | None:
+    # cursor.py is imported for the sources that page by cursor only.
+    if not isinstance(options.get("paginate"), Mapping):
+        return None  # link pages, or one page
+    from bridge.sources.cursor import CursorPaging
+
+    return CursorPaging.of(options)

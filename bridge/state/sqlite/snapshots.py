@@ -109,8 +109,10 @@ class SqliteSnapshots:
                     "DO UPDATE SET until = max(until, excluded.until)",
                     list(host_blocks.items()),
                 )
-            leases = [(c.row.name, c.lease) for c in commits]
-            leases += [(r.name, t) for r, t in touched]
+            # (source, token, owner) of each poll that ran under a lease, as _END_LEASE takes it
+            owner = self.owner
+            leases = [(c.row.name, c.lease, owner) for c in commits if c.lease is not None]
+            leases += [(r.name, t, owner) for r, t in touched if t is not None]
             refused = self._end_leases(conn, leases)
             if refused:
                 commits = [c for c in commits if c.row.name not in refused]
@@ -157,30 +159,29 @@ class SqliteSnapshots:
         return found
 
     def _end_leases(
-        self, conn: sqlite3.Connection, leases: Sequence[tuple[str, int | None]]
+        self, conn: sqlite3.Connection, held: Sequence[tuple[str, int, str]]
     ) -> set[str]:
-        # End the leases these polls ran under; returns the polls whose lease was gone: another
-        # process took the source since (the poll outlived its lease). Polls without a lease
-        # are not fenced.
-        held = [(name, token) for name, token in leases if token is not None]
+        # End the leases these polls ran under, (source, token, owner) each (a poll without a
+        # lease is not fenced, and not among them); returns the polls whose lease was gone:
+        # another process took the source since (the poll outlived its lease).
         if not held:
             return set()
         owner = self.owner
         conn.execute("SAVEPOINT end_leases")
-        ended = conn.executemany(_END_LEASE, [(n, t, owner) for n, t in held]).rowcount
+        ended = conn.executemany(_END_LEASE, held).rowcount
         if ended != len(held):  # some were lost: find which, and end only the others
             conn.execute("ROLLBACK TO end_leases")
             current = {
                 name: (who, token)
-                for chunk in chunks([n for n, _ in held])
+                for chunk in chunks([n for n, _, _ in held])
                 for name, who, token in conn.execute(
                     "SELECT name, owner, token FROM poll_leases "
                     f"WHERE name IN ({','.join('?' * len(chunk))})",
                     chunk,
                 )
             }
-            lost = {n for n, t in held if current.get(n) != (owner, t)}
-            conn.executemany(_END_LEASE, [(n, t, owner) for n, t in held if n not in lost])
+            lost = {n for n, t, _ in held if current.get(n) != (owner, t)}
+            conn.executemany(_END_LEASE, [h for h in held if h[0] not in lost])
         else:
             lost = set()
         conn.execute("RELEASE end_leases")
