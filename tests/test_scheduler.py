@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bridge.model import SourceSpec
+from bridge.polling.lanes import let_go
 from bridge.polling.scheduler import MAX_START_SPREAD, PollFunc, Scheduler, first_run
 
 
@@ -85,6 +86,44 @@ async def test_lanes_bound_each_hosts_polls_and_run_every_one() -> None:
         scheduler.shutdown()
     assert sorted(polled) == sorted(names)  # each once
     assert most["a"] == 3 and most["b"] <= 3  # lane a had more due at once than runners
+    assert scheduler.queued == 0 and not scheduler._runners
+
+
+async def test_a_poll_done_with_its_host_lets_its_lane_start_the_next() -> None:
+    # Each poll's request part is bounded by the lane; its state part (after let_go) is not:
+    # with 1 runner and 12 polls whose state part outlasts their request, all 12 overlap there.
+    requesting, most_requesting, finishing, most_finishing = 0, 0, 0, 0
+    polled: list[str] = []
+
+    async def poll(name: str) -> None:
+        nonlocal requesting, most_requesting, finishing, most_finishing
+        requesting += 1
+        most_requesting = max(most_requesting, requesting)
+        await asyncio.sleep(0.005)
+        requesting -= 1
+        let_go()
+        let_go()  # a second call changes nothing
+        finishing += 1
+        most_finishing = max(most_finishing, finishing)
+        await asyncio.sleep(0.2)
+        finishing -= 1
+        polled.append(name)
+
+    scheduler = Scheduler(poll, lane=lambda name: "host", lane_width=1, rng=random.Random(5))
+    names = [f"s{i}" for i in range(12)]
+    scheduler.start()
+    try:
+        for name in names:
+            scheduler.schedule(spec(name, every=60.0, jitter=0.0), None)
+        for _ in range(200):
+            if len(polled) == len(names):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        scheduler.shutdown()
+    assert sorted(polled) == sorted(names)
+    assert most_requesting == 1  # the lane's width still bounds the requests
+    assert most_finishing > 6  # ... but not the polls' state parts: they overlapped
     assert scheduler.queued == 0 and not scheduler._runners
 
 

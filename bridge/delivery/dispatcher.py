@@ -30,8 +30,12 @@ class Dispatcher:
         out: TextIO | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
+        threaded: bool = False,
     ):
+        """`threaded`: the outbox may be called from other threads (State.threaded): the
+        workers claim off the event loop."""
         self.outbox = outbox
+        self.threaded = threaded
         self.http = http
         self.out = out
         self.observer = observer
@@ -41,7 +45,13 @@ class Dispatcher:
 
     def _worker(self, spec: WebhookSpec) -> WebhookWorker:
         return WebhookWorker(
-            spec, self.outbox, self.http, out=self.out, observer=self.observer, clock=self.clock
+            spec,
+            self.outbox,
+            self.http,
+            out=self.out,
+            observer=self.observer,
+            clock=self.clock,
+            threaded=self.threaded,
         )
 
     def wake(self, webhooks: Iterable[str] | None) -> None:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar
 
 from bridge.config import WebhookSpec
 from bridge.config.units import Rate
@@ -40,6 +40,7 @@ IDLE_RECHECK = 1.0
 
 
 Observer = Callable[[str, str], None]  # (webhook, result) for metrics
+T = TypeVar("T")
 
 
 class StartWindow:
@@ -97,8 +98,12 @@ class WebhookWorker:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
         renderer: Renderer | None = None,
+        threaded: bool = False,
     ):
+        """`threaded`: the outbox may be called from other threads (State.threaded), and its
+        claims and looks are then made off the event loop."""
         self.spec = spec
+        self.threaded = threaded
         self.outbox = outbox
         self.http = http
         self.out = out or sys.stdout
@@ -144,11 +149,18 @@ class WebhookWorker:
         with self._taking_finished() as finished:
             self.outbox.finish_attempts(finished)
 
-    def _fill(self) -> int:
+    async def _call(self, func: Callable[..., T], *args: Any) -> T:
+        # On PostgreSQL a claim is a transaction of several round trips: made in a worker
+        # thread, it never holds the event loop (and the polls on it) while it waits.
+        if self.threaded:
+            return await asyncio.to_thread(func, *args)
+        return func(*args)
+
+    async def _fill(self) -> int:
         free = self.spec.concurrency - len(self._inflight)
         self._rate_wait = None
         if self._stopping:
-            self.flush()
+            await self._call(self.flush)
             return 0
         # Under load, slots are refilled by halves: one claim (a transaction) starts several
         # attempts rather than one each, and records the finished ones with it.
@@ -159,13 +171,14 @@ class WebhookWorker:
             if allowed <= 0:
                 # no claim to record them with for a while: the outcomes are written now
                 if self._finished:
-                    self.flush()
+                    await self._call(self.flush)
                 self._rate_wait = self._window.wait()
                 return 0
             free = min(free, allowed)
         now = self.clock()
         with self._taking_finished() as finished:
-            claimed = self.outbox.claim_due(
+            claimed = await self._call(
+                self.outbox.claim_due,
                 self.spec.name,
                 now,
                 free,
@@ -267,8 +280,8 @@ class WebhookWorker:
                 extra=fields,
             )
 
-    def _sleep_time(self) -> float:
-        due = self.outbox.next_due(self.spec.name)
+    async def _sleep_time(self) -> float:
+        due = await self._call(self.outbox.next_due, self.spec.name)
         if due is None:
             return IDLE_RECHECK
         return min(max(due - self.clock(), 0.01), IDLE_RECHECK)
@@ -278,9 +291,12 @@ class WebhookWorker:
         while not self._stopping:
             self._wake.clear()
             try:
-                started = self._fill()
-                # With attempts in flight, each one finishing wakes this loop: no need to poll.
-                pause = IDLE_RECHECK if self._inflight and not started else self._sleep_time()
+                await self._fill()
+                # With attempts in flight, each one finishing wakes this loop: no need to ask
+                # when the next is due (on PostgreSQL a look over every pending delivery of the
+                # webhook, the server's costliest statement while a backlog drains). A retry of
+                # another source then waits at most IDLE_RECHECK.
+                pause = IDLE_RECHECK if self._inflight else await self._sleep_time()
                 if self._rate_wait is not None:
                     pause = min(pause, self._rate_wait)
             except BridgeError as exc:
@@ -300,7 +316,7 @@ class WebhookWorker:
         try:
             while True:
                 self._wake.clear()
-                started = self._fill()
+                started = await self._fill()
                 if not self._inflight and self._rate_wait is None:
                     self.flush()
                     return failures

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,35 @@ log = logging.getLogger("bridge.polling.assess")
 
 # Who tests `when:` for a caller that brings no judge: the shared renderer, counted nowhere.
 _conditions = Conditions()
+
+
+class SnapshotReads:
+    """The reads of a poll's assessment, awaited: made in a worker thread when the state's
+    parts may be called from other threads (State.threaded). On PostgreSQL each is a round
+    trip, and on the event loop a daemon's changed polls waited there more than anywhere;
+    SQLite answers from its own file well within the cost of a thread hop."""
+
+    def __init__(self, snapshots: Snapshots, *, threaded: bool = False):
+        self.snapshots = snapshots
+        self.threaded = threaded
+
+    async def item_hashes(self, source: str) -> dict[str, str]:
+        """Snapshots.item_hashes."""
+        if self.threaded:
+            return await asyncio.to_thread(self.snapshots.item_hashes, source)
+        return self.snapshots.item_hashes(source)
+
+    async def item_contents(self, source: str, keys: Sequence[str]) -> dict[str, Any]:
+        """Snapshots.item_contents."""
+        if self.threaded:
+            return await asyncio.to_thread(self.snapshots.item_contents, source, keys)
+        return self.snapshots.item_contents(source, keys)
+
+    async def confirmations(self, source: str) -> dict[str, tuple[str, int]]:
+        """Snapshots.confirmations."""
+        if self.threaded:
+            return await asyncio.to_thread(self.snapshots.confirmations, source)
+        return self.snapshots.confirmations(source)
 
 
 def iso(ts: float) -> str:
@@ -120,7 +150,7 @@ def recovered(source: Source, row: SourceRow, now: float) -> list[NewEvent]:
 
 
 async def assess(
-    snapshots: Snapshots,
+    reads: SnapshotReads,
     source: Source,
     row: SourceRow,
     fetched: Fetched,
@@ -153,7 +183,7 @@ async def assess(
         entries = diff.index_items(
             selected, source.key_expr, source.ignore, key_by_content=source.key_by_content
         )
-    old = snapshots.item_hashes(source.name)
+    old = await reads.item_hashes(source.name)
     if remodelled(source, row):
         return rebaseline(source, row, fetched, entries, old, now)
     row.item_model = item_model(source)
@@ -166,7 +196,7 @@ async def assess(
     commit = PollCommit(row=row, result="new" if first else "changed", duration=0.0)
     if source.spec.confirm > 1 and not first:  # a baseline has nothing to confirm against
         found, commit.confirmations = confirm.hold(
-            snapshots.confirmations(source.name),
+            await reads.confirmations(source.name),
             found,
             entries,
             needed=source.spec.confirm,
@@ -178,7 +208,7 @@ async def assess(
     commit.deletes = [*found.removed, *moved.values()]
     commit.events = recovered(source, row, now)
     if not first or source.spec.on_first_poll == "emit":
-        drafts = change_drafts(snapshots, source, entries, found, moved)
+        drafts = await change_drafts(reads, source, entries, found, moved)
         if source.spec.when is not None and drafts:
             drafts = await (judge or _conditions.sift)(source, drafts)
         commit.events += [event(source, type_, data, now) for type_, data in drafts]
@@ -239,8 +269,8 @@ def _with_moves(
     return diff.Diff(added, changed, [k for k in found.removed if k not in gone])
 
 
-def change_drafts(
-    snapshots: Snapshots,
+async def change_drafts(
+    reads: SnapshotReads,
     source: Source,
     entries: dict[str, diff.Entry],
     found: diff.Diff,
@@ -257,10 +287,10 @@ def change_drafts(
     before: dict[str, Any] = {}
     if wanted_before and moved:
         stored_as = {moved.get(k, k): k for k in wanted_before}
-        contents = snapshots.item_contents(source.name, list(stored_as))
+        contents = await reads.item_contents(source.name, list(stored_as))
         before = {stored_as[k]: v for k, v in contents.items()}
     elif wanted_before:
-        before = snapshots.item_contents(source.name, wanted_before)
+        before = await reads.item_contents(source.name, wanted_before)
     document = source.items_expr is None
     events: list[Draft] = []
 

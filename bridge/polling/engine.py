@@ -16,8 +16,9 @@ from bridge.config import Config
 from bridge.errors import BridgeError, SourceError, StateError
 from bridge.http import HttpClient
 from bridge.model import PollCommit, PollOutcome, SourceRow
-from bridge.polling.assess import assess, failed, fetch_state
+from bridge.polling.assess import SnapshotReads, assess, failed, fetch_state
 from bridge.polling.conditions import Conditions
+from bridge.polling.lanes import let_go
 from bridge.sources.base import Fetched, Source
 from bridge.sources.registry import load
 from bridge.state import State, Touched
@@ -129,6 +130,7 @@ class Engine:
         self.config = config
         self.state = state
         self.snapshots = state.snapshots
+        self.reads = SnapshotReads(state.snapshots, threaded=state.threaded)
         self.http = http
         self.metrics = metrics  # None: nothing is counted (`once` and `poll` serve no /metrics)
         self.committed = committed
@@ -147,6 +149,10 @@ class Engine:
         self._unwritten: dict[str, int] = {}
         self._flushing: asyncio.Future[None] | None = None  # a flush_async writing now
         self._flush_task: asyncio.Task[None] | None = None  # one started by _flush_soon
+        # A daemon's changed polls on a threaded state, waiting to be committed together
+        # (_commit_together), each with the future its poll awaits.
+        self._group: list[tuple[PollCommit, asyncio.Future[None]]] = []
+        self._group_task: asyncio.Task[None] | None = None
         self._buffer: dict[str, PollCommit] = {}
         self._changes: dict[str, PollCommit] = {}  # changed polls held by poll_many
         # Unchanged polls of healthy sources (nearly every poll of a daemon) keep only their new
@@ -313,13 +319,14 @@ class Engine:
         started = self.clock()
         try:
             # The row's validators, unless its items/key changed: then a new baseline is read.
-            held = source.spec.confirm > 1 and bool(self.snapshots.confirmations(name))
+            held = source.spec.confirm > 1 and bool(await self.reads.confirmations(name))
             fetched = await source.fetch(self.http, fetch_state(source, last, held=held))
             if not dry_run and self._only_times_move(last, fetched):
                 return self._touch(name, started, next_poll_at, lease)
+            let_go()  # done with its host: its reads and commit need the state only
             row = self._own(last, next_poll_at)
             commit = await assess(
-                self.snapshots, source, row, fetched, started, judge=self.conditions.sift
+                self.reads, source, row, fetched, started, judge=self.conditions.sift
             )
         except StateError:
             raise  # the state failing is no failure of the source: the poll is not written
@@ -333,6 +340,7 @@ class Engine:
         commit.duration = self.clock() - started
         commit.lease = lease
         if not dry_run:
+            let_go()  # (a failed poll's)
             await self._record(commit, last)
         return PollResult(
             name,
@@ -388,7 +396,10 @@ class Engine:
                 if self._pending() >= FLUSH_EVERY:
                     self.flush()
                 return  # observed once flushed
-            refused = await self._off_loop(self.snapshots.commit_polls, [commit])
+            if self.state.threaded:
+                await self._commit_together(commit)
+                return
+            refused = self.snapshots.commit_polls([commit])
             self._written([commit], refused)
             return
         # A whole row whose times and validators moved; one still waiting for this source is in
@@ -399,6 +410,45 @@ class Engine:
         if self._pending() >= FLUSH_EVERY:
             self._flush_soon()
         self._observe(commit)
+
+    async def _commit_together(self, commit: PollCommit) -> None:
+        # Group commit: a changed poll is written with the others that finished while the last
+        # write was under way, in one transaction (one fence, one statement of each kind, one
+        # notification), off the event loop. On PostgreSQL a transaction per poll made a daemon
+        # wait on round trips, not work. The poll returns once its own transaction committed
+        # (its lease is held until then), or raises the StateError that kept it from being
+        # written: nothing here waits longer than the write before it.
+        waiter = asyncio.get_running_loop().create_future()
+        self._group.append((commit, waiter))
+        if self._group_task is None or self._group_task.done():
+            self._group_task = asyncio.get_running_loop().create_task(self._write_groups())
+        await waiter  # a poll cancelled meanwhile is still written with its group
+
+    async def _write_groups(self) -> None:
+        while self._group:
+            group, self._group = self._group, []
+            commits = [commit for commit, _ in group]
+            try:
+                refused = await self._off_loop(self.snapshots.commit_polls, commits)
+                self._written(commits, refused)
+            except asyncio.CancelledError:  # shutting down: the polls end with it, unwritten
+                for _, waiter in group:
+                    waiter.cancel()
+                raise
+            except Exception as exc:  # each waiting poll fails with it (StateError: unwritten)
+                for _, waiter in group:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            for _, waiter in group:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _groups_written(self) -> None:
+        # Until the changed polls committing together are written (flush_async, at shutdown).
+        task = self._group_task
+        if task is not None and not task.done():
+            await asyncio.shield(task)
 
     def _written(self, changes: list[PollCommit], refused: set[str]) -> None:
         # After a write: cache the rows, wake the webhooks with new deliveries, count the polls.
@@ -455,6 +505,7 @@ class Engine:
     async def flush_async(self) -> None:
         """flush(), with the write made off the event loop where the state allows it; one at a
         time, so that a lease waiting for a flush waits for the one writing its source."""
+        await self._groups_written()
         while self._flushing is not None:
             await asyncio.shield(self._flushing)
         batch = self._take_batch()

@@ -23,6 +23,7 @@ from typing import Any
 from bridge.config.units import cron_schedules
 from bridge.errors import BridgeError
 from bridge.model import SourceSpec
+from bridge.polling import lanes
 
 log = logging.getLogger("bridge.polling.scheduler")
 
@@ -110,6 +111,23 @@ class CronSchedule:
             after = when.timestamp()
 
 
+class _Runner:
+    """One runner task of a lane; `left`: it gave its place up (lanes.let_go)."""
+
+    __slots__ = ("scheduler", "lane", "queue", "left")
+
+    def __init__(self, scheduler: Scheduler, lane: str, queue: collections.deque[str]):
+        self.scheduler = scheduler
+        self.lane = lane
+        self.queue = queue
+        self.left = False
+
+    def leave(self) -> None:
+        if not self.left:
+            self.left = True
+            self.scheduler._left(self)
+
+
 class Scheduler:
     """Runs `poll(name)` for every scheduled source on its interval or cron schedule.
 
@@ -119,7 +137,8 @@ class Scheduler:
     Sources with a lane (the host they poll) wait in that lane's queue, first come first served,
     for one of at most `lane_width` runner tasks: the HTTP client lets no more requests at a
     host at once anyway. Thousands of polls due together at one host then cost a few long-lived
-    tasks instead of a task and a wait at the host's gate each. A source
+    tasks instead of a task and a wait at the host's gate each. A poll done with its host
+    (lanes.let_go) hands its place to a new runner and finishes on its own. A source
     without a lane gets a task of its own.
     """
 
@@ -311,9 +330,19 @@ class Scheduler:
         if queue is None:
             queue = self._queues[lane] = collections.deque()
         queue.append(name)
+        self._fill_lane(lane, queue)
+
+    def _fill_lane(self, lane: str, queue: collections.deque[str]) -> None:
         if self._runners[lane] < self.lane_width:
             self._runners[lane] += 1
             self._spawn(self._run_lane(lane, queue))
+
+    def _left(self, runner: _Runner) -> None:
+        # A runner's poll let its host go: the lane counts one runner fewer, and takes its next
+        # poll in a new one.
+        self._runners[runner.lane] -= 1
+        if runner.queue and self._running:
+            self._fill_lane(runner.lane, runner.queue)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # create_task rather than ensure_future: its type checks cost a poll a few us
@@ -322,17 +351,21 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_lane(self, lane: str, queue: collections.deque[str]) -> None:
+        runner = _Runner(self, lane, queue)
+        lanes.leave.set(runner.leave)  # this task's own context: seen by its polls only
         try:
-            while queue and self._running:
+            while queue and self._running and not runner.left:
                 await self._run(queue.popleft())
         finally:
-            self._runners[lane] -= 1
+            if not runner.left:
+                self._runners[lane] -= 1
             if not self._runners[lane]:
                 del self._runners[lane]
                 # The last runner cancelled with polls still queued: they wait for their next
                 # turn rather than stay claimed with no runner to take them.
                 self._dropped(queue)
-                del self._queues[lane]  # hosts come and go with reloads and redirects
+                if self._queues.get(lane) is queue:
+                    del self._queues[lane]  # hosts come and go with reloads and redirects
 
     async def _run(self, name: str) -> None:
         try:

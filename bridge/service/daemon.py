@@ -279,6 +279,7 @@ class Daemon:
                     http,
                     out=self.out,
                     observer=self.metrics.delivery_result,
+                    threaded=state.threaded,
                 )
                 self.engine = engine = Engine(
                     self.config, state, http, metrics=self.metrics, committed=dispatcher.wake
