@@ -121,6 +121,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=20.0)
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--wall", action="store_true", help="sample waiting threads too (--idle)")
+    ap.add_argument("--on-cpu", action="store_true", help="`changed` on-CPU only (no --idle)")
     ap.add_argument("--code", type=Path, help="run bridge from this source tree")
     args = ap.parse_args()
     every = args.every or {"changed": 2.0, "steady": 15.0, "idle": 60.0}[args.what]
@@ -128,7 +129,7 @@ def main() -> int:
     pg_fleet.CODE = args.code.resolve() if args.code else None
     out = WORK / "profiles"
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"pg-{args.what}{'-sqlite' if args.sqlite else ''}"
+    tag = f"pg-{args.what}{'-sqlite' if args.sqlite else ''}{'-cpu' if args.on_cpu else ''}"
     d = fresh(f"{tag}-state")
     origin = pg_origin.Origin(ensure_nginx()).start()
     url = None if args.sqlite else new_database()
@@ -154,7 +155,7 @@ def main() -> int:
             raw = out / f"{tag}.raw"
             spy = ["py-spy", "record", "-p", str(daemons[0].proc.pid), "-r", "100", "--threads"]
             spy += ["-d", f"{args.duration:.0f}", "-f", "raw", "-o", str(raw)]
-            if args.what == "changed" or args.wall:
+            if (args.what == "changed" and not args.on_cpu) or args.wall:
                 spy.append("--idle")
             log(" ".join(spy))
             waits = Waits(url) if url else None
