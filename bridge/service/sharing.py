@@ -186,15 +186,16 @@ class Sharing:
             self.schedule(names)
         if share.surplus:
             # The next holder schedules from the last poll written: one still running here is
-            # let finish first (up to a beat; a shard whose poll outlasts it goes back at the
-            # next beat), or the next holder would find it overdue and poll it again at once.
+            # let finish first (up to a beat), or the next holder would find it overdue and
+            # poll it again at once. The shards go back then even if a poll still runs: under
+            # load one always does, and they would never go. That poll keeps its lease, so it
+            # still commits, and the next holder's lease of its source is refused meanwhile.
             running = [t for n, t in self.polling.items() if shard_of(n) in share.surplus]
             if running:
                 await asyncio.wait(running, timeout=HEARTBEAT_INTERVAL)
-            busy = {shard_of(n) for n in self.polling}
             # Their polls' times are written before the next holder reads them to schedule.
             await self.engine.flush_async()
-            await asyncio.to_thread(coordination.give_back, share.surplus - busy)
+            await asyncio.to_thread(coordination.give_back, share.surplus)
         if gone or gained:
             log.info(
                 "this instance schedules %d shards now (%d sources): %d gained, %d given up",
