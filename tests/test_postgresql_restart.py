@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from bridge.errors import StateError
@@ -197,3 +198,98 @@ def test_a_daemon_survives_a_restart_and_delivers_what_changed_meanwhile(
     assert "Traceback" not in log and PASSWORD not in log, log
     assert "poll slow could not be recorded" in log, log  # the poll in flight at the stop
     assert "writes succeed again" in log, log
+
+
+def test_a_daemon_survives_its_connections_cut_mid_run(
+    tmp_path: Path, postgresql_cluster: Cluster
+) -> None:
+    """The server ends the daemon's connections (pg_terminate_backend, as a proxy or a failover
+    does): first while a commit waits inside its transaction (a row lock the test holds), then
+    six times in 3 s while the sources change at every poll. The daemon stays up; the poll whose
+    commit was cut is polled again; whatever it committed goes out; the last version of each
+    source reaches the receiver."""
+    receiver = Receiver()
+    receiver.server.start()
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/healthz"
+    runs: list[Run] = []
+    names = ["a", "b", "c"]
+    with TrackingOrigin() as origin:
+        for name in names:
+            origin.serve(f"/{name}")
+        options = {"items": "@", "key": "id", "every": "1s", "jitter": "0s", "timeout": "5s"}
+        sources = [
+            http_source(name, origin.url(f"/{name}"), webhooks=["hook"], **options)
+            for name in names
+        ]
+        hooks = {"hook": webhook(receiver.url(), "${HOOK_SECRET}", retry=["100ms"] * 20)}
+        url = postgresql_cluster.new_database()
+        path = tmp_path / "bridge.yaml"
+        path.write_text(
+            bridge_config(*sources, state=url, http={"listen": f"127.0.0.1:{port}"}, webhooks=hooks)
+        )
+
+        def last_versions() -> dict[str, int]:
+            got = dict.fromkeys(names, 0)
+            for event in receiver.events():
+                source = event["data"]["source"]
+                got[source] = max(got[source], event["data"]["after"]["v"])
+            return got
+
+        try:
+            run = Run(path, "daemon", tmp_path, {"HOOK_SECRET": SECRET})
+            runs.append(run)
+            wait_for(lambda: len(origin.record()) >= 3 and get(health)[0] == 200, timeout=20)
+            with psycopg.connect(url, autocommit=True) as admin:
+                others = (
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                # 1. A commit cut while it waits in its transaction: a's stored items are
+                # locked here (not its row, which would refuse the poll its lease).
+                admin.execute("BEGIN")
+                admin.execute("SELECT 1 FROM items WHERE source = 'a' FOR UPDATE")
+                origin.set_version("/a", 1)
+                wait_for(
+                    lambda: (
+                        admin.execute(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                            "current_database() AND wait_event_type = 'Lock'"
+                        ).fetchone()
+                        == (1,)
+                    ),
+                    timeout=10,
+                    interval=0.05,
+                )
+                admin.execute(others)
+                admin.execute("ROLLBACK")
+                wait_for(lambda: last_versions()["a"] == 1, timeout=20)
+                # 2. Cut after cut while every source changes.
+                cut = 0
+                for version in range(2, 8):
+                    for name in names:
+                        origin.set_version(f"/{name}", version)
+                    time.sleep(0.5)
+                    cut += len(admin.execute(others).fetchall())
+            assert cut >= 6  # the pool's connections and the listener's, each time
+
+            wait_for(lambda: last_versions() == dict.fromkeys(names, 7), timeout=30)
+            wait_for(lambda: get(health)[0] == 200, timeout=20)
+            assert run.alive(), run.log()
+            state = open_state(url)
+            try:
+                stored = {e["id"] for e in state.admin.events(limit=1000)}
+                wait_for(lambda: state.admin.delivery_counts()["hook"]["pending"] == 0, timeout=20)
+                counts = state.admin.delivery_counts()
+            finally:
+                state.close()
+            received = {r.headers["webhook-id"] for r in receiver.received}
+            assert stored and stored <= received  # every committed event went out
+            assert counts["hook"]["dead"] == 0
+            assert run.stop() == 0
+        finally:
+            stop_all(runs)
+            receiver.server.stop()
+    log = run.log()
+    assert "Traceback" not in log, log
+    assert "poll a could not be recorded" in log, log  # the commit that was cut
