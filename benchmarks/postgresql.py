@@ -352,12 +352,14 @@ def code_version(tree: Path | None) -> str:
 
 def main() -> int:
     """Parse flags, run the passes, write the section of RESULTS.md."""
+    global WORK
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run: fewer sources, shorter")
     ap.add_argument("--passes", default="once,steady,changed,scale", help="which passes")
     ap.add_argument("--server", default=SERVER, help=f"the PostgreSQL server ({SERVER})")
     ap.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--code", type=Path, help="run bridge from this source tree (a what-if)")
+    ap.add_argument("--work", type=Path, help=f"its files here, not {WORK} (two runs at once)")
     args = ap.parse_args()
     plan = QUICK if args.quick else FULL
     passes = set(args.passes.split(","))
@@ -370,6 +372,7 @@ def main() -> int:
     if pg_fleet.CODE is not None:
         sys.path.insert(0, str(pg_fleet.CODE))
     facts = {**machine(), "code": code_version(args.code)}
+    WORK = args.work.resolve() if args.work else WORK
     harness.WORK = WORK  # nginx, logs and configs of its own, beside other benchmarks' runs
     WORK.mkdir(parents=True, exist_ok=True)
     for name in ("docs.log", "hook.log"):
