@@ -386,3 +386,81 @@ def test_a_url_libpq_cannot_read_is_one_line_without_the_password() -> None:
     assert str(caught.value) == "postgresql://u:***@db/bridge?bogus=1: not a usable PostgreSQL URL"
     with pytest.raises(StateError, match="not a usable PostgreSQL URL"):
         state_exists(f"postgresql://u:{PASSWORD}@db/bridge?bogus=1")
+
+
+# --- the reads and writes of a changed poll ---------------------------------------------------
+
+
+def test_a_small_sources_contents_come_with_its_hashes_and_never_outlive_a_commit(
+    postgresql_url,
+) -> None:
+    state, other = open_state(postgresql_url), open_state(postgresql_url)
+    try:
+        items = [(f"k{i}", f"h{i}", b'{"v": %d}' % i) for i in range(3)]
+        row = SourceRow("s", baselined=True, last_poll_at=NOW)
+        state.snapshots.commit_polls([PollCommit(row, "changed", 0.1, upserts=items)])
+        snaps = state.snapshots
+        assert snaps.item_hashes("s") == {"k0": "h0", "k1": "h1", "k2": "h2"}  # learns: small
+        assert snaps.item_hashes("s") == {"k0": "h0", "k1": "h1", "k2": "h2"}  # contents too
+        # Another instance's write between the two reads: the contents are those of the
+        # hashes' snapshot, as the poll compared them.
+        changed = [("k1", "h1b", b'{"v": 10}')]
+        other.snapshots.commit_polls([PollCommit(row, "changed", 0.1, upserts=changed)])
+        assert snaps.item_contents("s", ["k1", "k2", "gone"]) == {"k1": {"v": 1}, "k2": {"v": 2}}
+        # Answered once: the next call reads the database.
+        assert snaps.item_contents("s", ["k1"]) == {"k1": {"v": 10}}
+        # A commit of the source drops what its last read kept.
+        assert snaps.item_hashes("s")["k1"] == "h1b"
+        mine = [("k2", "h2b", b'{"v": 20}')]
+        snaps.commit_polls([PollCommit(row, "changed", 0.1, upserts=mine)])
+        assert snaps.item_contents("s", ["k1", "k2"]) == {"k1": {"v": 10}, "k2": {"v": 20}}
+    finally:
+        other.close()
+        state.close()
+
+
+def test_a_large_sources_contents_are_read_apart_from_its_hashes(postgresql_url) -> None:
+    state = open_state(postgresql_url)
+    try:
+        items = [(f"k{i}", f"h{i}", b"%d" % i) for i in range(100)]
+        row = SourceRow("big", baselined=True, last_poll_at=NOW)
+        state.snapshots.commit_polls([PollCommit(row, "changed", 0.1, upserts=items)])
+        for _ in range(2):
+            assert len(state.snapshots.item_hashes("big")) == 100
+            assert state.snapshots.item_contents("big", ["k7", "k99"]) == {"k7": 7, "k99": 99}
+    finally:
+        state.close()
+
+
+def test_attempts_finished_together_are_each_recorded(two) -> None:
+    first, _ = two
+    enqueue(first, {f"s{i}": 2 for i in range(3)})
+    claimed = first.outbox.claim_due("w", NOW, 10, 30.0)
+    assert len(claimed) == 3  # one per source
+    a, b, c = sorted(claimed, key=lambda d: d.id)
+    # Out of id order, one attempt twice (a retry and then its success, reported together).
+    first.outbox.finish_attempts(
+        [
+            Finished(c.id, "delivered", NOW + 1, 0.01, 204, None),
+            Finished(a.id, "pending", NOW + 1, 0.01, 500, "HTTP 500", NOW + 60),
+            Finished(b.id, "dead", NOW + 1, 0.01, 410, "HTTP 410"),
+            Finished(a.id, "delivered", NOW + 2, 0.01, 204, None),
+        ]
+    )
+    with psycopg.connect(first.location) as conn:
+        rows = conn.execute(
+            "SELECT id, status, attempts, lease_until, last_status, last_error, updated_at "
+            "FROM deliveries WHERE id = ANY(%s) ORDER BY id",
+            ([a.id, b.id, c.id],),
+        ).fetchall()
+        attempts = conn.execute("SELECT delivery_id, status FROM attempts ORDER BY id").fetchall()
+    assert rows == [
+        (a.id, "delivered", 2, None, 204, None, NOW + 2),
+        (b.id, "dead", 1, None, 410, "HTTP 410", NOW + 1),
+        (c.id, "delivered", 1, None, 204, None, NOW + 1),
+    ]
+    assert attempts == [(c.id, 204), (a.id, 500), (b.id, 410), (a.id, 204)]
+    # Each source's next delivery is claimable again: none of the three holds its source.
+    again = first.outbox.claim_due("w", NOW + 100, 10, 30.0)
+    assert sorted((d.source, d.id) for d in again) == [("s0", a.id + 3), ("s1", b.id + 3),
+                                                        ("s2", c.id + 3)]  # fmt: skip

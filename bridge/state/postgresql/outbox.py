@@ -66,12 +66,17 @@ UPDATE deliveries d SET lease_until = %(until)s, lease_owner = %(owner)s
 FROM events e
 WHERE d.id = ANY(%(ids)s) AND e.seq = d.event_seq
   AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.webhook = d.webhook
-                  AND o.source = d.source AND o.id <> d.id AND {_LIVE.format("o")})
+                  AND o.source = d.source AND o.id <> d.id AND {_LIVE.format("o")} OFFSET 0)
   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.webhook = d.webhook
                   AND p.source = d.source AND p.status = 'pending' AND p.id < d.id
-                  AND p.next_attempt_at <= %(now)s AND {_FREE.format("p")})
+                  AND p.next_attempt_at <= %(now)s AND {_FREE.format("p")} OFFSET 0)
 RETURNING d.id, e.id, d.source, d.attempts, e.body
 """
+# OFFSET 0 keeps each NOT EXISTS a subplan run per claimed row, on the (webhook, source) indexes.
+# Pulled up into anti-joins, they were planned from the estimates of a young table (a prepared
+# statement's generic plan keeps them until autovacuum's first ANALYZE): the older-pending check
+# then read every due delivery of the webhook and compared it with each claimed one, a cost
+# that grew with the backlog and was most of the server's time with every poll a change.
 
 _ANY_DUE = f"""
 SELECT 1 FROM deliveries d WHERE d.webhook = %(webhook)s AND d.status = 'pending'
@@ -117,7 +122,9 @@ class PostgresOutbox:
             return []
         # Most looks find nothing due: a plain read then costs no transaction and no locks.
         with self.database.connection() as conn:
-            due = conn.execute(_ANY_DUE, {"webhook": webhook, **_times(now)}).fetchone()
+            due = conn.execute(
+                _ANY_DUE, {"webhook": webhook, **_times(now)}, prepare=False
+            ).fetchone()
         if due is None:
             return []
         with self.database.write(seen=False) as conn:
@@ -127,7 +134,9 @@ class PostgresOutbox:
         """When the earliest pending delivery of a webhook can be claimed, or None: not before
         it is due, nor while a delivery of its source is in flight (until that lease ends)."""
         with self.database.connection() as conn:
-            r = conn.execute(_NEXT_DUE, {"webhook": webhook, **_times(time.time())}).fetchone()
+            r = conn.execute(
+                _NEXT_DUE, {"webhook": webhook, **_times(time.time())}, prepare=False
+            ).fetchone()
         return None if r is None or r[0] is None else float(r[0])
 
     def finish_attempts(self, finished: Sequence[Finished]) -> None:
@@ -148,11 +157,11 @@ def _claim(
     if limit <= 0:
         return []
     params = {"webhook": webhook, "scan": limit * 4, "limit": limit, **_times(now)}
-    ids = [r[0] for r in conn.execute(_LOCKED_DUE, params).fetchall()]
+    ids = [r[0] for r in conn.execute(_LOCKED_DUE, params, prepare=False).fetchall()]
     if not ids:
         return []
     rows = conn.execute(
-        _LEASE, {"until": now + lease, "ids": ids, "owner": owner, **_times(now)}
+        _LEASE, {"until": now + lease, "ids": ids, "owner": owner, **_times(now)}, prepare=False
     ).fetchall()
     return [
         Delivery(did, eid, webhook, source, attempts, bytes(body))
@@ -163,36 +172,71 @@ def _claim(
 def _write_finished(
     conn: psycopg.Connection[Any], owner: str, finished: Sequence[Finished]
 ) -> None:
-    cur = conn.cursor()
-    cur.executemany(
+    # Column arrays, one statement each: one round trip however many attempts. Planned at each
+    # use (prepare=False), as every statement here that takes arrays or scans the queue: a
+    # prepared statement's generic plan is made once, from the estimates of the moment, and on
+    # a young queue (never analyzed yet) it kept sequential scans of tables grown since.
+    conn.execute(
         "INSERT INTO attempts (delivery_id, at, status, error, duration) "
-        "VALUES (%s, %s, %s, %s, %s)",
-        [(f.delivery_id, f.at, f.http_status, f.error, f.duration) for f in finished],
+        "SELECT delivery_id, at, status, error, duration FROM unnest(%s::bigint[], "
+        "%s::float8[], %s::int[], %s::text[], %s::float8[]) WITH ORDINALITY "
+        "AS a(delivery_id, at, status, error, duration, n) ORDER BY n",
+        [
+            [f.delivery_id for f in finished],
+            [float(f.at) for f in finished],
+            [f.http_status for f in finished],
+            [f.error for f in finished],
+            [float(f.duration) for f in finished],
+        ],
+        prepare=False,
     )
+    ordered = sorted(finished, key=lambda f: f.delivery_id)
+    if len({f.delivery_id for f in ordered}) == len(ordered):
+        _update_finished(conn, owner, ordered)
+    else:  # one statement updates a row once: a delivery finished twice, one per attempt
+        for f in ordered:
+            _update_finished(conn, owner, [f])
+
+
+def _update_finished(
+    conn: psycopg.Connection[Any], owner: str, ordered: Sequence[Finished]
+) -> None:
+    ids = [f.delivery_id for f in ordered]
+    if len(ids) > 1:
+        # The rows locked in id order, as one UPDATE per row did: two transactions finishing
+        # the same deliveries (an instance thought dead, `bridge discard`) cannot deadlock.
+        conn.execute(
+            "SELECT 1 FROM deliveries WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            (ids,),
+            prepare=False,
+        )
     # A delivery discarded (`bridge discard`) while this attempt was in flight stays dead,
     # with the reason it was discarded, unless the attempt delivered it.
-    kept = "status = 'dead' AND %(status)s <> 'delivered'"
-    mine = "(lease_owner IS NULL OR lease_owner = %(owner)s)"
-    cur.executemany(
-        f"UPDATE deliveries SET status = CASE WHEN {kept} THEN status ELSE %(status)s END, "
-        "attempts = attempts + 1, "
+    kept = "d.status = 'dead' AND f.status <> 'delivered'"
+    mine = "(d.lease_owner IS NULL OR d.lease_owner = %(owner)s)"
+    conn.execute(
+        f"UPDATE deliveries d SET status = CASE WHEN {kept} THEN d.status ELSE f.status END, "
+        "attempts = d.attempts + 1, "
         # Another instance's lease, taken while this one was thought dead, stays: its attempt
         # is still out, and the source's next delivery waits for it.
-        f"lease_until = CASE WHEN {mine} THEN NULL ELSE lease_until END, "
-        f"lease_owner = CASE WHEN {mine} THEN NULL ELSE lease_owner END, "
-        "next_attempt_at = coalesce(%(next)s, next_attempt_at), last_status = %(http)s, "
-        f"last_error = CASE WHEN {kept} THEN last_error ELSE %(error)s END, "
-        "updated_at = %(at)s WHERE id = %(id)s",
-        [
-            {
-                "status": f.status,
-                "next": f.next_attempt_at,
-                "http": f.http_status,
-                "error": f.error,
-                "at": f.at,
-                "id": f.delivery_id,
-                "owner": owner,
-            }
-            for f in sorted(finished, key=lambda f: f.delivery_id)
-        ],
+        f"lease_until = CASE WHEN {mine} THEN NULL ELSE d.lease_until END, "
+        f"lease_owner = CASE WHEN {mine} THEN NULL ELSE d.lease_owner END, "
+        "next_attempt_at = coalesce(f.next, d.next_attempt_at), last_status = f.http, "
+        f"last_error = CASE WHEN {kept} THEN d.last_error ELSE f.error END, "
+        "updated_at = f.at "
+        "FROM unnest(%(ids)s::bigint[], %(status)s::text[], %(next)s::float8[], "
+        "%(http)s::int[], %(error)s::text[], %(at)s::float8[]) "
+        "AS f(id, status, next, http, error, at) WHERE d.id = f.id",
+        {
+            "ids": ids,
+            "status": [str(f.status) for f in ordered],
+            "next": [
+                None if f.next_attempt_at is None else float(f.next_attempt_at) for f in ordered
+            ],
+            "http": [f.http_status for f in ordered],
+            "error": [f.error for f in ordered],
+            "at": [float(f.at) for f in ordered],
+            "owner": owner,
+        },
+        prepare=False,
     )

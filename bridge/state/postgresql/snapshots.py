@@ -4,7 +4,9 @@ commit announces to every instance (listen.py)."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -17,13 +19,34 @@ from bridge.state.postgresql.connection import Database
 from bridge.state.postgresql.listen import notify_deliveries
 from bridge.state.rows import SOURCE_COLUMNS, poll_rows, row_from, row_values
 
-# Writing a poll's row ends the lease it ran under.
-_UPSERT_SOURCE = (
-    f"INSERT INTO sources ({SOURCE_COLUMNS}) VALUES ({', '.join(['%s'] * 16)}) "
-    "ON CONFLICT (name) DO UPDATE SET "
+# Writing a poll's row ends the lease it ran under. The rows go as one array per column: one
+# statement (one plan, one round trip) for a batch of any size.
+_SOURCE_TYPES = (
+    "text", "text", "text", "text", "text", "bytea", "boolean", "float8", "text", "text",
+    "float8", "float8", "int", "float8", "boolean", "text",
+)  # fmt: skip
+_UPSERT_SOURCES = (
+    f"INSERT INTO sources ({SOURCE_COLUMNS}) SELECT * FROM unnest("
+    + ", ".join(f"%s::{t}[]" for t in _SOURCE_TYPES)
+    + ") ON CONFLICT (name) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in SOURCE_COLUMNS.split(", ")[1:])
     + ", lease_until = NULL"
 ).encode()
+_FLOATS = tuple(i for i, t in enumerate(_SOURCE_TYPES) if t == "float8")
+
+
+def _source_columns(rows: Iterable[SourceRow]) -> list[list[Any]]:
+    # One row per name, the last given (as one statement per row left it), in name order (the
+    # order rows are locked in everywhere: no deadlocks). Times as floats: an array's values are
+    # adapted by the type of its first, and an int among floats would not fit its type.
+    last = {r.name: r for r in rows}
+    values = [list(row_values(last[n], bool)) for n in sorted(last)]
+    for v in values:
+        for i in _FLOATS:
+            if v[i] is not None:
+                v[i] = float(v[i])
+    return _columns(values, len(_SOURCE_TYPES))
+
 
 # Only a baselined row is touched: one that lost its content meanwhile (removed, or restored
 # from a backup, by another process) is written whole instead. The WHERE is the fence: an
@@ -33,6 +56,16 @@ _TOUCH_SOURCE = (
     b"lease_until = NULL WHERE name = %s AND baselined "
     b"AND (%s::bigint IS NULL OR (lease_owner = %s AND lease_token = %s))"
 )
+
+
+# A source with at most this many stored items has their contents read with their hashes, the
+# one round trip a changed poll's two reads then take (item_contents answers from them); larger
+# sets keep two, not to move every item of each poll that changes none. Kept for the last
+# _READS_KEPT such reads, for _READ_FOR seconds: the polls between their two reads, not every
+# source's items, nor contents another instance may have changed since.
+_SMALL = 64
+_READS_KEPT = 256
+_READ_FOR = 2.0
 
 
 class PostgresSnapshots:
@@ -46,6 +79,11 @@ class PostgresSnapshots:
         # generation(): no other instance polls (or caches) them, and one that gains their shard
         # reads them afresh. Every other write (`bridge once`, a stray, a command) is seen.
         self.held_here: Callable[[Iterable[str]], bool] = lambda names: False
+        # Sources last seen with few enough items (item_hashes), and the contents read with
+        # their hashes, by source, oldest first; polls read from worker threads.
+        self._small: set[str] = set()
+        self._read: OrderedDict[str, tuple[float, dict[str, bytes]]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def source_row(self, name: str) -> SourceRow:
         """The stored row of a source, or a fresh one if it was never polled."""
@@ -76,11 +114,28 @@ class PostgresSnapshots:
 
     def item_hashes(self, source: str) -> dict[str, str]:
         """key -> compared-content hash of every stored item of a source."""
+        with self._lock:
+            small = source in self._small
         with self.database.connection() as conn:
-            rows = conn.execute(
-                "SELECT key, hash FROM items WHERE source = %s", (source,)
-            ).fetchall()
-        return {key: h for key, h in rows}
+            if small:
+                rows = conn.execute(
+                    "SELECT key, hash, content FROM items WHERE source = %s", (source,)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT key, hash FROM items WHERE source = %s", (source,)
+                ).fetchall()
+        with self._lock:
+            if len(rows) <= _SMALL:
+                self._small.add(source)
+            else:
+                self._small.discard(source)
+            self._read.pop(source, None)
+            if small and len(rows) <= _SMALL:
+                self._read[source] = (time.monotonic(), {r[0]: r[2] for r in rows})
+                while len(self._read) > _READS_KEPT:
+                    self._read.popitem(last=False)
+        return {r[0]: r[1] for r in rows}
 
     def confirmations(self, source: str) -> dict[str, tuple[str, int]]:
         """key -> (candidate hash, polls that saw it) of the source's changes awaiting confirm."""
@@ -91,7 +146,14 @@ class PostgresSnapshots:
         return {key: (h, seen) for key, h, seen in rows}
 
     def item_contents(self, source: str, keys: Sequence[str]) -> dict[str, Any]:
-        """key -> stored item (parsed) for the given keys (one array parameter, any length)."""
+        """key -> stored item (parsed) for the given keys (one array parameter, any length);
+        from the last item_hashes of the source when it read them (a small set), as of the
+        same snapshot as the hashes it gave."""
+        with self._lock:
+            kept = self._read.pop(source, None)
+        if kept is not None and time.monotonic() - kept[0] < _READ_FOR:
+            read = kept[1]
+            return {key: orjson.loads(read[key]) for key in keys if key in read}
         if not keys:
             return {}
         with self.database.connection() as conn:
@@ -115,6 +177,9 @@ class PostgresSnapshots:
         """
         commits = list(commits)
         names = [c.row.name for c in commits] + [r.name for r, _ in touched]
+        with self._lock:  # contents read before this commit are not to be answered after it
+            for name in names:
+                self._read.pop(name, None)
         with self.database.write(seen=not self.held_here(names)) as conn:
             if host_blocks:
                 conn.execute("DELETE FROM host_blocks WHERE until < %s", (time.time(),))
@@ -143,10 +208,7 @@ class PostgresSnapshots:
                     unwritten = self._unwritten(conn, [r.name for r, _ in touched])
                     whole += [r for r, _ in touched if r.name in unwritten - lost]
             if whole:
-                conn.cursor().executemany(
-                    _UPSERT_SOURCE,
-                    [row_values(r, bool) for r in sorted(whole, key=lambda r: r.name)],
-                )
+                conn.execute(_UPSERT_SOURCES, _source_columns(whole), prepare=False)
             written = [c for c in commits if c.upserts or c.deletes or c.events or c.history]
             if written:
                 _write_polls(conn, written)
@@ -155,6 +217,7 @@ class PostgresSnapshots:
                 conn.execute(
                     "DELETE FROM confirmations WHERE source = ANY(%s)",
                     ([c.row.name for c in held],),
+                    prepare=False,
                 )
                 rows = [
                     (c.row.name, key, h, seen)
@@ -166,6 +229,7 @@ class PostgresSnapshots:
                         "INSERT INTO confirmations (source, key, hash, seen) "
                         "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[])",
                         _columns(rows, 4),
+                        prepare=False,
                     )
         return refused
 
@@ -194,6 +258,7 @@ class PostgresSnapshots:
                 "SELECT name, lease_owner, lease_token FROM sources WHERE name = ANY(%s) "
                 "ORDER BY name FOR UPDATE",
                 (sorted(held),),
+                prepare=False,
             )
         }
         return {name for name, token in held.items() if current.get(name) != (self.owner, token)}
@@ -201,8 +266,11 @@ class PostgresSnapshots:
 
 def _write_polls(conn: psycopg.Connection[Any], commits: list[PollCommit]) -> None:
     # One statement of each kind for the whole batch, its rows as arrays: one round trip
-    # however many polls. Rows keep their order (WITH ORDINALITY ... ORDER BY), so deliveries
-    # still take ids in the order of their events.
+    # however many polls. Each planned at its use (prepare=False), with the arrays it has and
+    # the tables' sizes now: a prepared statement's generic plan, made once on a young state,
+    # kept the join of deliveries to events a sequential scan of events as it grew. Rows keep
+    # their order (WITH ORDINALITY ... ORDER BY), so deliveries still take ids in the order of
+    # their events.
     rows = poll_rows(commits)
     if rows.upserts:
         conn.execute(
@@ -211,12 +279,14 @@ def _write_polls(conn: psycopg.Connection[Any], commits: list[PollCommit]) -> No
             "ON CONFLICT (source, key) DO UPDATE SET hash = excluded.hash, "
             "content = excluded.content",
             _columns(rows.upserts, 4),
+            prepare=False,
         )
     if rows.deletes:
         conn.execute(
             "DELETE FROM items i USING unnest(%s::text[], %s::text[]) AS d(source, key) "
             "WHERE i.source = d.source AND i.key = d.key",
             _columns(rows.deletes, 2),
+            prepare=False,
         )
     if rows.events:
         conn.execute(
@@ -225,6 +295,7 @@ def _write_polls(conn: psycopg.Connection[Any], commits: list[PollCommit]) -> No
             "%s::text[], %s::text[], %s::text[], %s::float8[], %s::bytea[]) WITH ORDINALITY "
             "AS e(id, source, type, key, created_at, body, n) ORDER BY n",
             _columns(rows.events, 6),
+            prepare=False,
         )
     if rows.deliveries:
         conn.execute(
@@ -234,6 +305,7 @@ def _write_polls(conn: psycopg.Connection[Any], commits: list[PollCommit]) -> No
             "FROM unnest(%s::text[], %s::text[], %s::float8[]) WITH ORDINALITY "
             "AS d(event_id, webhook, at, n) JOIN events e ON e.id = d.event_id ORDER BY d.n",
             _columns(rows.deliveries, 3),
+            prepare=False,
         )
         notify_deliveries(conn, {webhook for _, webhook, _ in rows.deliveries})
     if rows.history:
@@ -242,6 +314,7 @@ def _write_polls(conn: psycopg.Connection[Any], commits: list[PollCommit]) -> No
             "SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::float8[], "
             "%s::text[], %s::int[])",
             _columns(rows.history, 6),
+            prepare=False,
         )
 
 
