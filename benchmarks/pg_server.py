@@ -41,8 +41,8 @@ def postmaster(server: str = SERVER) -> int:
     """The pid of the server's postmaster: the parent of a backend of ours."""
     with psycopg.connect(f"{server}/postgres") as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    return _stat(int(row[0]))[1]
+        assert row is not None
+        return _stat(int(row[0]))[1]  # read while the backend lives: it exits with the conn
 
 
 def _stat(pid: int) -> tuple[str, int, float, float]:

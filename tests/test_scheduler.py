@@ -171,6 +171,34 @@ async def test_shutdown_drops_polls_still_queued_in_a_lane() -> None:
     assert not scheduler._queues
 
 
+@pytest.mark.slow  # waits about 0.7 s for the first poll to start
+async def test_drop_queued_takes_the_picked_polls_out_of_their_lane_and_gives_them_back() -> None:
+    # What a daemon does with the queued polls of shards it gives up (Sharing.rebalance).
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def poll(name: str) -> None:
+        started.append(name)
+        await release.wait()
+
+    dropped: list[str] = []
+    scheduler = await one_running_rest_queued(poll, started, 7, dropped)
+    waiting = {f"s{i}" for i in range(7)} - set(started)
+    picked = {name for name in waiting if int(name[1:]) % 2 == 0}
+    assert picked and picked != waiting
+    assert scheduler.drop_queued(lambda name: name in picked) == len(picked)
+    assert sorted(dropped) == sorted(picked)
+    assert scheduler.queued == len(waiting) - len(picked)
+    release.set()
+    for _ in range(100):
+        if len(started) == 7 - len(picked):
+            break
+        await asyncio.sleep(0.02)
+    scheduler.shutdown()
+    assert set(started) == {f"s{i}" for i in range(7)} - picked  # the rest still ran
+    assert not picked & set(started)
+
+
 async def test_a_poll_that_raises_does_not_stop_its_lane(caplog) -> None:
     polled: list[str] = []
 

@@ -198,6 +198,22 @@ class Scheduler:
         """How many due polls wait in lanes for a runner."""
         return sum(len(queue) for queue in self._queues.values())
 
+    def drop_queued(self, which: Callable[[str], bool]) -> int:
+        """Take the polls waiting in lanes for a runner out of them, those `which` picks, and
+        tell `drop` (their leases go back); returns how many. For sources this process stops
+        scheduling: their polls had not started, and the next holder must not find them
+        leased for a lease's length."""
+        dropped = 0
+        for queue in self._queues.values():
+            picked = [name for name in queue if which(name)]
+            if picked:
+                kept = [name for name in queue if not which(name)]
+                queue.clear()
+                queue.extend(kept)
+                self._dropped(collections.deque(picked))
+                dropped += len(picked)
+        return dropped
+
     def schedule(self, spec: SourceSpec, last_poll_at: float | None) -> float | None:
         """Add or replace a source's job; returns its first run time (epoch seconds)."""
         job = _Job(spec, CronSchedule(spec) if spec.cron else None)

@@ -107,9 +107,15 @@ class Sharing:
         ours = [n for n in due if self.mine(n)] if self.shards is not None else due
         granted = await self.engine.lease_async(ours) if ours else []
         if len(granted) < len(ours):
-            for name in sorted(set(ours) - set(granted)):
+            # One line per claim, not per source: under load a round of thousands is refused.
+            # A source whose shard this instance gave up while the claim was out is no news.
+            refused = sorted(n for n in set(ours) - set(granted) if self.mine(n))
+            if refused:
                 log.warning(
-                    "poll of %s skipped: its last poll has not finished (here or elsewhere)", name
+                    "%d due polls skipped: their last poll has not finished (here or "
+                    "elsewhere): %s",
+                    len(refused),
+                    ", ".join(refused[:5]) + (", ..." if len(refused) > 5 else ""),
                 )
         if len(ours) == len(due):
             return granted
@@ -180,6 +186,11 @@ class Sharing:
             names |= {s.name for s in specs if not self.mine(s.name)}
         if moved:  # also when `agreed` changed in the same beat: the gained leave the watch
             names |= {s.name for s in specs if shard_of(s.name) in moved}
+        if gone:
+            # Polls of them waiting for a lane's runner: not started, and leased. Under load the
+            # queue can hold a whole round of them (an instance that started alone took every
+            # shard and leased every due source): their new holders would find them leased.
+            self.scheduler.drop_queued(lambda name: shard_of(name) in gone)
         if gained:
             self.engine.forget_rows()  # their last holder wrote them unseen
         if names:
