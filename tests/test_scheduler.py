@@ -58,6 +58,21 @@ async def test_interval_jobs_fire_and_cron_uses_crontab_weekdays() -> None:
         scheduler.shutdown()
 
 
+async def run_until_polled(scheduler: Scheduler, names: list[str], polled: list[str]) -> None:
+    """Start the scheduler with `names` due at once (every 60 s), until `polled` has as many
+    (at most 10 s), then shut it down."""
+    scheduler.start()
+    try:
+        for name in names:
+            scheduler.schedule(spec(name, every=60.0, jitter=0.0), None)
+        for _ in range(500):
+            if len(polled) == len(names):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        scheduler.shutdown()
+
+
 async def test_lanes_bound_each_hosts_polls_and_run_every_one() -> None:
     running: dict[str | None, int] = {}
     most: dict[str | None, int] = {}
@@ -74,16 +89,7 @@ async def test_lanes_bound_each_hosts_polls_and_run_every_one() -> None:
 
     scheduler = Scheduler(poll, lane=lanes.get, lane_width=3, rng=random.Random(2))
     names = [*lanes, "solo0", "solo1", "solo2"]  # no lane: a task each
-    scheduler.start()
-    try:
-        for name in names:
-            scheduler.schedule(spec(name, every=60.0, jitter=0.0), None)
-        for _ in range(200):
-            if len(polled) == len(names):
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        scheduler.shutdown()
+    await run_until_polled(scheduler, names, polled)
     assert sorted(polled) == sorted(names)  # each once
     assert most["a"] == 3 and most["b"] <= 3  # lane a had more due at once than runners
     assert scheduler.queued == 0 and not scheduler._runners
@@ -111,20 +117,23 @@ async def test_a_poll_done_with_its_host_lets_its_lane_start_the_next() -> None:
 
     scheduler = Scheduler(poll, lane=lambda name: "host", lane_width=1, rng=random.Random(5))
     names = [f"s{i}" for i in range(12)]
-    scheduler.start()
-    try:
-        for name in names:
-            scheduler.schedule(spec(name, every=60.0, jitter=0.0), None)
-        for _ in range(200):
-            if len(polled) == len(names):
-                break
-            await asyncio.sleep(0.02)
-    finally:
-        scheduler.shutdown()
+    await run_until_polled(scheduler, names, polled)
     assert sorted(polled) == sorted(names)
     assert most_requesting == 1  # the lane's width still bounds the requests
     assert most_finishing > 6  # ... but not the polls' state parts: they overlapped
     assert scheduler.queued == 0 and not scheduler._runners
+
+
+def blocking_poll() -> tuple[PollFunc, list[str], asyncio.Event]:
+    """A poll that records its source in `started`, then waits for `release`."""
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def poll(name: str) -> None:
+        started.append(name)
+        await release.wait()
+
+    return poll, started, release
 
 
 async def one_running_rest_queued(
@@ -153,13 +162,7 @@ async def one_running_rest_queued(
 
 @pytest.mark.slow  # waits about 0.7 s for the first poll to start
 async def test_shutdown_drops_polls_still_queued_in_a_lane() -> None:
-    started: list[str] = []
-    release = asyncio.Event()
-
-    async def poll(name: str) -> None:
-        started.append(name)
-        await release.wait()
-
+    poll, started, release = blocking_poll()
     dropped: list[str] = []
     scheduler = await one_running_rest_queued(poll, started, 5, dropped)
     scheduler.shutdown()
@@ -174,13 +177,7 @@ async def test_shutdown_drops_polls_still_queued_in_a_lane() -> None:
 @pytest.mark.slow  # waits about 0.7 s for the first poll to start
 async def test_drop_queued_takes_the_picked_polls_out_of_their_lane_and_gives_them_back() -> None:
     # What a daemon does with the queued polls of shards it gives up (Sharing.rebalance).
-    started: list[str] = []
-    release = asyncio.Event()
-
-    async def poll(name: str) -> None:
-        started.append(name)
-        await release.wait()
-
+    poll, started, release = blocking_poll()
     dropped: list[str] = []
     scheduler = await one_running_rest_queued(poll, started, 7, dropped)
     waiting = {f"s{i}" for i in range(7)} - set(started)
