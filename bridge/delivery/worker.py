@@ -149,6 +149,12 @@ class WebhookWorker:
         with self._taking_finished() as finished:
             self.outbox.finish_attempts(finished)
 
+    async def _flush_async(self) -> None:
+        # flush(), its list taken here in the loop's thread: attempts finishing meanwhile go
+        # to the next one, never to a list another thread is writing out.
+        with self._taking_finished() as finished:
+            await self._call(self.outbox.finish_attempts, finished)
+
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
         # On PostgreSQL a claim is a transaction of several round trips: made in a worker
         # thread, it never holds the event loop (and the polls on it) while it waits.
@@ -160,7 +166,7 @@ class WebhookWorker:
         free = self.spec.concurrency - len(self._inflight)
         self._rate_wait = None
         if self._stopping:
-            await self._call(self.flush)
+            await self._flush_async()
             return 0
         # Under load, slots are refilled by halves: one claim (a transaction) starts several
         # attempts rather than one each, and records the finished ones with it.
@@ -171,7 +177,7 @@ class WebhookWorker:
             if allowed <= 0:
                 # no claim to record them with for a while: the outcomes are written now
                 if self._finished:
-                    await self._call(self.flush)
+                    await self._flush_async()
                 self._rate_wait = self._window.wait()
                 return 0
             free = min(free, allowed)
