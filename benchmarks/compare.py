@@ -49,6 +49,7 @@ from harness import (  # noqa: E402
     make_docs,
     proc_cpu,
 )
+from report import replace_section  # noqa: E402
 from run import bridge_once, pass_3, statuses  # noqa: E402
 
 START = "<!-- layout comparison: start -->"
@@ -354,10 +355,9 @@ def section(
 def write_section(path: Path, text: str) -> None:
     """Replace the comparison section, or add it after run.py's generated results."""
     doc = path.read_text() if path.exists() else "# Benchmark results\n"
-    if START in doc and END in doc:
-        head, _, rest = doc.partition(START)
-        _, _, tail = rest.partition(END)
-        doc = head + text + tail
+    replaced = replace_section(doc, START, END, text)
+    if replaced is not None:
+        doc = replaced
     elif AFTER in doc:
         head, _, tail = doc.partition(AFTER)
         doc = head + AFTER + "\n\n" + text + "\n" + tail

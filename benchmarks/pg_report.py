@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from report import ok
+from report import ok, replace_section
 
 START, END = "<!-- postgresql: start -->", "<!-- postgresql: end -->"
 TITLE = "## Several instances on PostgreSQL (benchmarks/postgresql.py)"
@@ -261,10 +261,5 @@ def section(facts: dict[str, str], cmd: str, res: dict[str, Any]) -> str:
 def write_section(path: Path, text: str) -> None:
     """Replace the section, or add it at the end of RESULTS.md."""
     doc = path.read_text() if path.exists() else "# Benchmark results\n"
-    if START in doc and END in doc:
-        head, _, rest = doc.partition(START)
-        _, _, tail = rest.partition(END)
-        doc = head + text + tail
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc)
+    replaced = replace_section(doc, START, END, text)
+    path.write_text(replaced if replaced is not None else doc.rstrip("\n") + "\n\n" + text + "\n")

@@ -179,14 +179,21 @@ def report(facts: dict[str, str], cmd: str, res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def replace_section(doc: str, start: str, end: str, text: str) -> str | None:
+    """`doc` with its part from the `start` marker to the `end` marker replaced by `text` (which
+    carries the markers), or None when `doc` lacks either: each benchmark writes its own
+    section of RESULTS.md this way, keeping what was written around it."""
+    if start not in doc or end not in doc:
+        return None
+    head, _, rest = doc.partition(start)
+    _, _, tail = rest.partition(end)
+    return head + text + tail
+
+
 def write_results(path: Path, generated: str) -> None:
     """Replace the generated part of RESULTS.md, keeping what was written around it."""
     text = path.read_text() if path.exists() else ""
     block = f"{START}\n{generated}\n{END}"
-    if START in text and END in text:
-        head, _, rest = text.partition(START)
-        _, _, tail = rest.partition(END)
-        text = head + block + tail
-    else:
-        text = "# Benchmark results\n\n" + block + "\n"
+    replaced = replace_section(text, START, END, block)
+    text = replaced if replaced is not None else "# Benchmark results\n\n" + block + "\n"
     path.write_text(text)
