@@ -21,7 +21,7 @@ from bridge.delivery.signing import request_headers
 from bridge.errors import BridgeError, DeliveryError
 from bridge.http import HttpClient
 from bridge.model import Delivery, Finished
-from bridge.state import Outbox
+from bridge.state import Outbox, off_loop
 
 if TYPE_CHECKING:  # bridge.templates imports Jinja2, which most webhooks never need
     from bridge.templates import Renderer
@@ -158,9 +158,7 @@ class WebhookWorker:
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
         # On PostgreSQL a claim is a transaction of several round trips: made in a worker
         # thread, it never holds the event loop (and the polls on it) while it waits.
-        if self.threaded:
-            return await asyncio.to_thread(func, *args)
-        return func(*args)
+        return await off_loop(self.threaded, func, *args)
 
     async def _fill(self) -> int:
         free = self.spec.concurrency - len(self._inflight)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -18,7 +17,7 @@ from bridge.model import FetchState, NewEvent, PollCommit, SourceRow
 from bridge.polling import confirm, diff, keys
 from bridge.polling.conditions import Conditions, Draft, Judge
 from bridge.sources.base import Fetched, Source
-from bridge.state import Snapshots
+from bridge.state import Snapshots, off_loop
 
 log = logging.getLogger("bridge.polling.assess")
 
@@ -38,21 +37,15 @@ class SnapshotReads:
 
     async def item_hashes(self, source: str) -> dict[str, str]:
         """Snapshots.item_hashes."""
-        if self.threaded:
-            return await asyncio.to_thread(self.snapshots.item_hashes, source)
-        return self.snapshots.item_hashes(source)
+        return await off_loop(self.threaded, self.snapshots.item_hashes, source)
 
     async def item_contents(self, source: str, keys: Sequence[str]) -> dict[str, Any]:
         """Snapshots.item_contents."""
-        if self.threaded:
-            return await asyncio.to_thread(self.snapshots.item_contents, source, keys)
-        return self.snapshots.item_contents(source, keys)
+        return await off_loop(self.threaded, self.snapshots.item_contents, source, keys)
 
     async def confirmations(self, source: str) -> dict[str, tuple[str, int]]:
         """Snapshots.confirmations."""
-        if self.threaded:
-            return await asyncio.to_thread(self.snapshots.confirmations, source)
-        return self.snapshots.confirmations(source)
+        return await off_loop(self.threaded, self.snapshots.confirmations, source)
 
 
 def iso(ts: float) -> str:

@@ -21,7 +21,7 @@ from bridge.polling.conditions import Conditions
 from bridge.polling.lanes import let_go
 from bridge.sources.base import Fetched, Source
 from bridge.sources.registry import load
-from bridge.state import State, Touched
+from bridge.state import State, Touched, off_loop
 
 log = logging.getLogger("bridge.polling.engine")
 
@@ -224,13 +224,7 @@ class Engine:
         return coordination.lease_polls(names, now, until, anywhere=anywhere)
 
     async def _off_loop(self, func: Callable[..., T], *args: Any) -> T:
-        # A state whose parts may be called from other threads (PostgreSQL) is written from a
-        # worker thread: a round trip, or a batch of thousands of rows, never holds the event
-        # loop. SQLite's connection belongs to the loop's thread, and a write takes well under
-        # a poll's time there.
-        if self.state.threaded:
-            return await asyncio.to_thread(func, *args)
-        return func(*args)
+        return await off_loop(self.state.threaded, func, *args)
 
     def forget_rows(self) -> None:
         """Read the source rows afresh before the next poll: this instance gained sources whose

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from bridge.errors import StateError
-from bridge.state.base import Admin, Coordination, Outbox, Snapshots, State, Touched
+from bridge.state.base import Admin, Coordination, Outbox, Snapshots, State, Touched, off_loop
 
 __all__ = [
     "Admin",
@@ -20,6 +20,7 @@ __all__ = [
     "Snapshots",
     "State",
     "Touched",
+    "off_loop",
     "open_scratch_state",
     "open_state",
     "redact_location",

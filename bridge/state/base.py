@@ -9,10 +9,11 @@ promise written here: a second process on the same state must be able to rely on
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bridge.model import Delivery, DeliveryStatus, Finished, PollCommit, SourceRow
 
@@ -283,6 +284,19 @@ class Coordination(Protocol):
 
     def release_polls(self, leases: Mapping[str, int]) -> None:
         """Release leases whose polls will not commit (dropped before they ran)."""
+
+
+T = TypeVar("T")
+
+
+async def off_loop(threaded: bool, func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` of a state's part, in a worker thread when the state is `threaded`
+    (State.threaded): on PostgreSQL a round trip, or a batch of thousands of rows, must never
+    hold the event loop. SQLite's connection belongs to the loop's thread, and a call takes well
+    under a poll's time there: it is made in place."""
+    if threaded:
+        return await asyncio.to_thread(func, *args)
+    return func(*args)
 
 
 class State(Protocol):
