@@ -15,6 +15,8 @@ webhook. The delivery workers also look on their own at least once a second
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,8 +38,8 @@ _CHANNEL = "'bridge_deliveries_' || left(md5(coalesce(current_schema(), '')), 16
 # A payload must be shorter than 8000 bytes; longer lists are sent as "" (any webhook).
 MAX_PAYLOAD = 7999
 
-# How often the listening thread looks up from its wait to see whether it should stop: the
-# longest close() waits for it (a thread cannot interrupt another's wait on a connection).
+# How often the listening thread looks up from its wait to see whether it should stop, should
+# close() fail to end the wait at once (it shuts the connection's socket down under it).
 STOP_CHECK = 0.5
 
 # Seconds between attempts to connect again, doubling from the first to the last: the workers'
@@ -75,12 +77,24 @@ class DeliveryListener:
         self._stop = threading.Event()
         self._lost = False  # whether the connection failed since the last LISTEN (said once)
         self._retry = RETRY_FIRST  # the wait before the next attempt to connect
+        # While the thread waits for notifications: its own duplicate of the connection's
+        # socket, which close() shuts down to end the wait (under _waking, so never once the
+        # thread has let the duplicate go).
+        self._waiting: socket.socket | None = None
+        self._waking = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="bridge-listen", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         """Stop listening and close the connection (waits for the thread a moment at most)."""
         self._stop.set()
+        with self._waking:
+            if self._waiting is not None:
+                # The waiting thread sees its connection end and, stopped, returns quietly.
+                try:
+                    self._waiting.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed by the server: the wait ends on its own
         # A connection being made may take its whole timeout: the thread, a daemon, then
         # finishes on its own and calls nothing more.
         self._thread.join(STOP_CHECK + CONNECT_TIMEOUT + 1)
@@ -123,10 +137,18 @@ class DeliveryListener:
         self._retry = RETRY_FIRST
         # Whatever was committed before now was not heard (not listening yet, or cut off).
         self._call(None)
-        while not self._stop.is_set():
-            # A server that goes away ends the wait with an OperationalError.
-            for note in conn.notifies(timeout=STOP_CHECK):
-                self._call(webhooks_of(note.payload))
+        waiting = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        with self._waking:
+            self._waiting = waiting
+        try:
+            while not self._stop.is_set():
+                # A server that goes away (or close()) ends the wait with an OperationalError.
+                for note in conn.notifies(timeout=STOP_CHECK):
+                    self._call(webhooks_of(note.payload))
+        finally:
+            with self._waking:
+                self._waiting = None
+            waiting.close()  # the duplicate only: the connection is closed by its owner
 
     def _call(self, names: set[str] | None) -> None:
         if self._stop.is_set():
