@@ -210,7 +210,55 @@ class Doc:
             raise ConfigError(f"invalid YAML: {exc}", file=self.file) from None
         except RecursionError:
             raise ConfigError("invalid YAML: nested too deeply", file=self.file) from None
-        return None if root is None else self._build(root, (), frozenset())
+        if root is None:
+            return None
+        if "*" in protected:  # an alias, maybe: what it expands to is known before building it
+            self._refuse_expansion(root)
+        return self._build(root, (), frozenset())
+
+    def _refuse_expansion(self, root: yaml.Node) -> None:
+        """Refuse a node tree whose aliases expand it past MAX_NODES values, named at the first
+        value that does, in time and memory that grow with the tree as written ("billion
+        laughs": building it spends a second per million values before the budget runs out)."""
+        sizes: dict[int, int] = {}
+
+        def size(node: yaml.Node, depth: int) -> int:
+            # What _build spends on it (merged pairs all counted: a bound from above). A node
+            # in progress is a cycle, and one too deep is refused by _build: neither adds.
+            known = sizes.get(id(node))
+            if known is not None or depth > MAX_DEPTH:
+                return known or 0
+            sizes[id(node)] = 0
+            total = 1
+            if isinstance(node, yaml.MappingNode):
+                total += len(node.value)
+                total += sum(size(value, depth + 1) for _, value in node.value)
+            elif isinstance(node, yaml.SequenceNode):
+                total += sum(size(item, depth + 1) for item in node.value)
+            sizes[id(node)] = total
+            return total
+
+        if size(root, 0) <= MAX_NODES:
+            return
+        node: yaml.Node = root
+        path: KeyPath = ()
+        while True:
+            children: list[tuple[str | int, yaml.Node]]
+            if isinstance(node, yaml.MappingNode):
+                children = [(str(k.value), v) for k, v in node.value if k.tag != _MERGE_TAG]
+            elif isinstance(node, yaml.SequenceNode):
+                children = list(enumerate(node.value))
+            else:
+                children = []
+            over = [
+                (part, child) for part, child in children if sizes.get(id(child), 0) > MAX_NODES
+            ]
+            if not over:
+                break
+            part, node = over[0]
+            path = (*path, part)
+            self.value_lines.setdefault(path, node.start_mark.line + 1)
+        self._spend(MAX_NODES + 1, path)
 
     def _count_nodes(self, text: str) -> None:
         """Refuse a document of more than MAX_NODES nodes before composing it: the node tree
