@@ -25,8 +25,22 @@ __all__ = [
     "one_line",
 ]
 
+
+class _Functions(jmespath.functions.Functions):
+    """jmespath's functions, each argument of a variadic one type-checked like the first.
+
+    jmespath checks only the arguments a signature lists, so `merge(@, missing)` reached
+    dict.update(None): a TypeError out of a poll, not the JMESPathError a poll reports.
+    """
+
+    def _type_check(self, actual: Any, signature: Any, function_name: str) -> None:
+        if signature and signature[-1].get("variadic") and len(actual) > len(signature):
+            signature = [*signature, *[signature[-1]] * (len(actual) - len(signature))]
+        super()._type_check(actual, signature, function_name)  # type: ignore[misc]  # not in the stubs
+
+
 # The functions polls call, and so the ones a compiled expression may name.
-FUNCTIONS = jmespath.functions.Functions()
+FUNCTIONS = _Functions()
 OPTIONS = jmespath.Options(custom_functions=FUNCTIONS)
 _SIGNATURES: Mapping[str, Any] = FUNCTIONS.FUNCTION_TABLE
 _TAKING_EXPREF = ", ".join(

@@ -163,6 +163,18 @@ def test_select_projection_and_runtime_errors() -> None:
         select([{"a": 1}], "a[")
 
 
+def test_a_variadic_functions_later_arguments_are_type_checked_too() -> None:
+    # jmespath checks only the arguments a signature lists: merge() got None past the first
+    # and raised a TypeError out of the poll (found by the property test of `bridge check`).
+    with pytest.raises(SourceError) as info:
+        select([{"a": 1}], "merge(@, id)")
+    assert str(info.value) == (
+        "items expression 'merge(@, id)' failed: In function merge(), invalid type for value: "
+        "None, expected one of: ['object'], received: \"null\""
+    )
+    assert select([{"a": [{"id": 1}], "b": {"c": 2}}], "merge(@, b).a") == [{"id": 1}]
+
+
 # canonical and content_hash
 
 
