@@ -3,10 +3,12 @@
 `state` runs a test over every backend; `two_states` opens one location twice (two processes on
 one state, as far as leases and claims can tell) and runs only over the backends that can.
 
-PostgreSQL: each test gets a fresh schema (`t_<random>`, in one database made for the session,
-`bridge_test_<random>`, and named by the URL's `options=-csearch_path=...`), dropped after the
-test: a schema costs ~1 ms where a CREATE DATABASE costs 30-150 ms, and every contract test then
-also runs through a URL with options of its own. `postgresql_database` gives a whole fresh
+PostgreSQL: each test gets a schema of its own (`t_<random>`, in one database made for the
+session, `bridge_test_<random>`, and named by the URL's `options=-csearch_path=...`): a schema is
+far cheaper than a CREATE DATABASE, and every contract test then also runs through a URL with
+options of its own. The contract suite's schemas are emptied after each test and handed to the
+next one (migrating a new schema is most of a contract test's time); a schema that is not
+exactly as a migration leaves it is dropped instead. `postgresql_database` gives a whole fresh
 database, for the tests that need one (one dropped under a state, the default schema). The
 server is $BRIDGE_TEST_POSTGRESQL (default postgresql://postgres@127.0.0.1:5432, as on every
 machine of this project). If it cannot be reached the PostgreSQL tests skip, except under CI
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +29,8 @@ import psycopg
 import pytest
 
 from bridge.state import State, open_scratch_state, open_state
+from bridge.state.base import SHARDS
+from bridge.state.postgresql.schema import SCHEMA, SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -110,13 +115,96 @@ def drop_schema(url: str) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _drop_session_database() -> Iterator[None]:
     yield
+    _spare_schemas.clear()  # dropped with the database
+    while _emptier:
+        _emptier.pop().close()
     if _session_database:
         drop_database(_session_database.pop())
 
 
+# Migrated schemas of earlier tests, emptied, for the next ones (URLs).
+_spare_schemas: list[str] = []
+
+# The tables a migration makes (every one but schema_version is emptied between tests).
+_MIGRATED_TABLES = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
+
+# Every table, index and sequence of a schema with its columns, as one hash: a used schema
+# is handed on only if it is still exactly what a migration makes (tests alter some).
+_LAYOUT = """
+SELECT md5(string_agg(c.relkind::text || c.relname || '.' || coalesce(a.attname || ':'
+                      || a.atttypid::regtype::text, ''), ',' ORDER BY c.relname, a.attnum))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = %s
+"""
+_migrated_layout: list[str] = []  # the layout of the first schema migrated
+
+# A connection to the session's database for emptying schemas (once a test, so kept open).
+_emptier: list[psycopg.Connection] = []
+
+
+def state_schema() -> str:
+    """The URL of an empty schema holding a migrated state: an earlier test's, emptied, or a
+    new one. Give it back with give_back()."""
+    if _spare_schemas:
+        return _spare_schemas.pop()
+    url = new_schema()
+    open_state(url).close()
+    if not _migrated_layout:
+        _migrated_layout.append(_layout_of(url))
+    return url
+
+
+def give_back(url: str) -> None:
+    """Empty a schema from state_schema() for the next test, or drop it if it is no longer
+    as a migration left it (or cannot be emptied)."""
+    try:
+        reusable = _empty_for_reuse(url)
+    except psycopg.Error:
+        reusable = False
+    if reusable:
+        _spare_schemas.append(url)
+    else:
+        drop_schema(url)
+
+
+def _connection() -> psycopg.Connection:
+    if not _emptier:
+        _emptier.append(psycopg.connect(_session_database[0], autocommit=True))
+        _emptier[0].execute("SET lock_timeout = '5s'")  # a state a failed test left open
+    return _emptier[0]
+
+
+def _layout_of(url: str) -> str:
+    found = _connection().execute(_LAYOUT.encode(), [url.rsplit("%3D", 1)[1]]).fetchone()
+    return str(found[0]) if found else ""
+
+
+def _empty_for_reuse(url: str) -> bool:
+    """Bring a used schema back to what a first migration leaves; False if it is not one."""
+    if _layout_of(url) != _migrated_layout[0]:
+        return False
+    conn = _connection()
+    conn.execute(f"SET search_path = {url.rsplit('%3D', 1)[1]}".encode())
+    if conn.execute("SELECT version FROM schema_version").fetchall() != [(SCHEMA_VERSION,)]:
+        return False
+    # One round trip, one transaction (a multi-statement query is one). DELETE, not TRUNCATE:
+    # these tables hold a test's few rows, and TRUNCATE makes every table's files anew.
+    # Identities count from 1 again, as in a new schema.
+    statements = [f"DELETE FROM {table}" for table in sorted(_MIGRATED_TABLES - {"schema_version"})]
+    statements.append(f"INSERT INTO shards (shard) SELECT generate_series(0, {SHARDS - 1})")
+    statements += [
+        f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), 1, false)"
+        for table, column in (("polls", "id"), ("events", "seq"), ("deliveries", "id"),
+                              ("attempts", "id"))
+    ]  # fmt: skip
+    conn.execute("; ".join(statements).encode())
+    return True
+
+
 def _postgresql(tmp_path: Path) -> State:
     if tmp_path not in _schemas:
-        _schemas[tmp_path] = new_schema()
+        _schemas[tmp_path] = state_schema()
     return open_state(_schemas[tmp_path])
 
 
@@ -125,12 +213,20 @@ def _drop_test_schemas() -> Iterator[None]:
     # Autouse, so set up before (and torn down after) the states that use the schemas.
     yield
     while _schemas:
-        drop_schema(_schemas.popitem()[1])
+        give_back(_schemas.popitem()[1])
 
 
 @pytest.fixture
 def postgresql_url() -> Iterator[str]:
-    """The URL of a fresh schema (and only it on the search path), dropped after the test."""
+    """The URL of an empty state's schema (and only it on the search path), for this test."""
+    url = state_schema()
+    yield url
+    give_back(url)
+
+
+@pytest.fixture
+def bare_postgresql_url() -> Iterator[str]:
+    """The URL of a new schema with nothing in it (no state yet), dropped after the test."""
     url = new_schema()
     yield url
     drop_schema(url)

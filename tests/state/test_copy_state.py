@@ -357,7 +357,9 @@ def test_the_command_refuses_a_target_holding_a_state_in_one_line(
 
 
 @pytest.mark.slow
-def test_the_command_refuses_a_missing_from_without_making_it(tmp_path, postgresql_url) -> None:
+def test_the_command_refuses_a_missing_from_without_making_it(
+    tmp_path, bare_postgresql_url
+) -> None:
     missing = tmp_path / "nowhere.db"
     result = run_cli("copy-state", str(missing), str(tmp_path / "to.db"))
     assert result.code == 2
@@ -366,10 +368,12 @@ def test_the_command_refuses_a_missing_from_without_making_it(tmp_path, postgres
     (tmp_path / "folder.db").mkdir()
     assert run_cli("copy-state", str(tmp_path / "folder.db"), str(tmp_path / "to.db")).code == 2
     # A database without bridge's tables is no state either, and gets none.
-    empty = run_cli("copy-state", with_password(postgresql_url), str(tmp_path / "to.db"), env=ENV)
+    empty = run_cli(
+        "copy-state", with_password(bare_postgresql_url), str(tmp_path / "to.db"), env=ENV
+    )
     assert empty.code == 2 and "no bridge state in this database" in empty.stderr
     assert PASSWORD not in empty.stderr
-    with psycopg.connect(postgresql_url) as conn:
+    with psycopg.connect(bare_postgresql_url) as conn:
         assert conn.execute("SELECT to_regclass('sources')").fetchone() == (None,)
 
 

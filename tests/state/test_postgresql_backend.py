@@ -236,27 +236,29 @@ def _version(url: str) -> list[tuple[Any, ...]]:
         return conn.execute("SELECT version FROM schema_version").fetchall()
 
 
-def test_an_empty_schema_is_migrated_once_and_reopening_changes_nothing(postgresql_url) -> None:
-    assert not state_exists(postgresql_url)
+def test_an_empty_schema_is_migrated_once_and_reopening_changes_nothing(
+    bare_postgresql_url,
+) -> None:
+    assert not state_exists(bare_postgresql_url)
     with pytest.raises(StateError, match="no bridge state in this database yet"):
-        open_state(postgresql_url, create=False)
-    state = open_state(postgresql_url)
+        open_state(bare_postgresql_url, create=False)
+    state = open_state(bare_postgresql_url)
     enqueue(state, {"a": 2})
     state.close()
-    assert state_exists(postgresql_url)
-    assert _version(postgresql_url) == [(SCHEMA_VERSION,)]
-    again = open_state(postgresql_url, create=False)
+    assert state_exists(bare_postgresql_url)
+    assert _version(bare_postgresql_url) == [(SCHEMA_VERSION,)]
+    again = open_state(bare_postgresql_url, create=False)
     try:
-        assert _version(postgresql_url) == [(SCHEMA_VERSION,)]
+        assert _version(bare_postgresql_url) == [(SCHEMA_VERSION,)]
         assert len(again.admin.events()) == 2
     finally:
         again.close()
 
 
-def test_instances_starting_at_once_on_an_empty_schema_all_open_it(postgresql_url) -> None:
-    states = at_once([lambda: open_state(postgresql_url)] * 4)
+def test_instances_starting_at_once_on_an_empty_schema_all_open_it(bare_postgresql_url) -> None:
+    states = at_once([lambda: open_state(bare_postgresql_url)] * 4)
     try:
-        assert _version(postgresql_url) == [(SCHEMA_VERSION,)]
+        assert _version(bare_postgresql_url) == [(SCHEMA_VERSION,)]
         enqueue(states[0], {"a": 1})
         assert [len(s.admin.events()) for s in states] == [1, 1, 1, 1]
     finally:
@@ -322,6 +324,7 @@ def test_a_missing_database_is_one_line_without_the_password() -> None:
     assert "postgres:***@" in message and "password=***" in message
 
 
+@pytest.mark.slow  # makes and drops a whole database
 def test_a_dropped_database_is_not_writable_and_its_failed_write_is_the_problem(
     postgresql_database,
 ) -> None:
