@@ -27,6 +27,7 @@ import orjson
 import pytest
 import yaml
 from aiohttp import web
+from hypothesis import settings
 
 from bridge.config import load_config
 from bridge.delivery.dispatcher import Dispatcher
@@ -35,6 +36,17 @@ from bridge.polling.engine import Engine
 from bridge.state import State, open_state
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+# The property tests' examples: 200 each in the full suite; the quick loop (-m "not slow"),
+# there for fast feedback, tries 30. `--hypothesis-profile full|quick` chooses either.
+settings.register_profile("full", max_examples=200, deadline=None)
+settings.register_profile("quick", max_examples=30, deadline=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("hypothesis_profile", None) is None:
+        quick = config.getoption("markexpr", "") == "not slow"
+        settings.load_profile("quick" if quick else "full")
 
 
 class ThreadedServer:
@@ -50,7 +62,9 @@ class ThreadedServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # A handler still running at stop() (a receiver told to take its time) is cancelled
+        # rather than waited for: what it would still do, no test looks at.
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.1)
         self.loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         self.loop.run_until_complete(site.start())

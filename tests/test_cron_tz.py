@@ -162,6 +162,7 @@ def test_tz_errors_name_file_and_line(tmp_path: Path) -> None:
     assert "has no cron" in message
 
 
+@pytest.mark.slow  # runs `bridge check`
 def test_check_accepts_both_day_fields_and_shows_the_zone(tmp_path: Path) -> None:
     path = config(tmp_path, cron="0 0 13 * 5", tz="Europe/Berlin")
     result = run_cli("check", "-c", str(path))

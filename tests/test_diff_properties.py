@@ -10,13 +10,11 @@ from typing import Any
 import jmespath
 import jsonpatch
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.errors import SourceError
 from bridge.polling.diff import Diff, canonical, compare, index_items, json_patch, strip_ignored
-
-SETTINGS = settings(max_examples=200, deadline=None)
 
 IGNORE = ("updated_at", "meta.etag", "assets.size")
 
@@ -116,7 +114,6 @@ def before_and_after(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[s
     return before, draw(st.permutations(kept + draw(item_lists)))
 
 
-@SETTINGS
 @given(before_and_after())
 def test_compare_matches_the_model(lists: tuple[list[dict[str, Any]], ...]) -> None:
     before, after = lists
@@ -138,7 +135,6 @@ def test_compare_matches_the_model(lists: tuple[list[dict[str, Any]], ...]) -> N
 DELETE = object()
 
 
-@SETTINGS
 @given(item_lists, st.lists(small_values | st.just(DELETE), min_size=1, max_size=6))
 def test_changing_only_ignored_fields_changes_nothing(
     before: list[dict[str, Any]], replacements: list[Any]
@@ -165,7 +161,6 @@ def test_changing_only_ignored_fields_changes_nothing(
     assert (diff.added, diff.changed, diff.removed) == ([], [], [])
 
 
-@SETTINGS
 @given(json_values | items, json_values | items, st.sampled_from([(), IGNORE]))
 def test_patch_turns_stripped_before_into_stripped_after(
     before: Any, after: Any, ignore: tuple[str, ...]
@@ -180,7 +175,6 @@ def test_patch_turns_stripped_before_into_stripped_after(
     assert canonical(saved) == canonical((before, after))
 
 
-@SETTINGS
 @given(json_values | items, st.sampled_from([IGNORE, ("name",), ("meta", "meta.x")]))
 def test_strip_matches_the_model_and_never_mutates(value: Any, ignore: tuple[str, ...]) -> None:
     saved = copy.deepcopy(value)
@@ -196,7 +190,6 @@ chain_items = st.lists(
 )
 
 
-@SETTINGS
 @given(chain_items)
 def test_field_chain_keys_agree_with_jmespath(item_list: list[Any]) -> None:
     found = [jmespath.search("a.b", item) for item in item_list]

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # runs lint-imports (.ci/run runs it too)
 def test_the_import_contracts_hold() -> None:
     lint = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run(
@@ -20,6 +23,7 @@ def test_the_import_contracts_hold() -> None:
     assert "3 kept, 0 broken" in result.stdout
 
 
+@pytest.mark.slow  # runs lint-imports
 def test_a_module_importing_sqlite3_outside_the_backend_breaks_a_contract(tmp_path) -> None:
     # The contract is not vacuous: a copy of the tree with one offending import fails it.
     import shutil
@@ -47,6 +51,7 @@ def test_tests_outside_tests_state_read_no_state_file_with_sql() -> None:
     assert offenders == []
 
 
+@pytest.mark.slow  # starts a Python process
 def test_bundled_kinds_load_from_a_folder_that_has_its_own_sources_package(tmp_path) -> None:
     # The plugins are bridge.sources.*, so a user's own `sources/` package (on sys.path as the
     # working folder) can no longer shadow them, as it did when they were a top-level package.

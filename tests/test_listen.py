@@ -60,6 +60,7 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> int:
         return exc.code
 
 
+@pytest.mark.slow  # starts `bridge listen`
 def test_listen_accepts_what_standardwebhooks_signs_and_rejects_a_tampered_body() -> None:
     env = {**os.environ, "BRIDGE_LISTEN_SECRET": SECRET}
     proc = subprocess.Popen(
@@ -90,6 +91,7 @@ def test_listen_accepts_what_standardwebhooks_signs_and_rejects_a_tampered_body(
     assert SECRET not in out + err
 
 
+@pytest.mark.slow  # runs `bridge listen`
 def test_listen_refuses_a_bad_secret_without_quoting_it() -> None:
     result = run_cli("listen", "--port", "0", "--secret", "whsec_not-base64!!", timeout=20)
     assert result.code == 2

@@ -231,6 +231,7 @@ def test_no_secret_in_output_status_events_or_state(
     assert [c["form"]["grant_type"] for c in auth_server.token_calls] == ["client_credentials"]
 
 
+@pytest.mark.slow  # runs `bridge check`
 @pytest.mark.parametrize(
     ("auth", "said"),
     [

@@ -420,6 +420,7 @@ def test_the_state_says_when_its_file_is_removed_or_replaced(tmp_path: Path) -> 
             s.close()
 
 
+@pytest.mark.slow  # runs each command
 @pytest.mark.parametrize(
     "args",
     [

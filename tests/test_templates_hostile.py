@@ -64,6 +64,7 @@ def renderer() -> Any:
     r.close()
 
 
+@pytest.mark.slow  # waits for a rendering process to be killed and replaced
 def test_a_runaway_rendering_is_killed_and_its_process_replaced(renderer: Renderer) -> None:
     assert (
         renderer.render_body_sync({"t": "{{ type }}"}, envelope(FAILING))
@@ -81,6 +82,7 @@ def test_a_runaway_rendering_is_killed_and_its_process_replaced(renderer: Render
     wait_for(lambda: len(renderer.pids()) == 2, timeout=30)  # the pool is whole again
 
 
+@pytest.mark.slow  # waits out a runaway rendering
 async def test_the_event_loop_runs_while_a_rendering_runs_away(renderer: Renderer) -> None:
     ticks = 0
 
@@ -158,6 +160,7 @@ def test_a_template_error_names_where_in_the_body() -> None:
     assert str(caught.value) == ("body template failed at attachments[1].text: 'foo' is undefined")
 
 
+@pytest.mark.slow  # waits out runaway renderings
 def test_expressions_go_through_the_same_bounds(renderer: Renderer) -> None:
     when = "type != 'item.changed' or after.price < before.price * 0.9"
     changed = {"type": "item.changed", "before": {"price": 100}, "after": {"price": 80}}

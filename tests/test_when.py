@@ -133,6 +133,7 @@ async def test_a_runaway_expression_costs_its_time_limit_not_the_daemon(
         renderer.close()
 
 
+@pytest.mark.slow  # runs `bridge check`
 def test_check_reports_a_syntax_error_as_file_line(write_config) -> None:
     text = bridge_config(
         http_source("shop", "http://x/items", items="items", key="sku", when="after.price <"),

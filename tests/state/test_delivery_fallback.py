@@ -8,6 +8,8 @@ import asyncio
 import io
 import time
 
+import pytest
+
 from bridge.config import WebhookSpec
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.http import HttpClient
@@ -15,6 +17,7 @@ from tests.conftest import async_wait_for
 from tests.state.test_contract import enqueue
 
 
+@pytest.mark.slow  # waits out three whole idle pauses, a second each
 async def test_a_delivery_another_state_queued_goes_out_within_a_second(
     two_states, receiver
 ) -> None:
