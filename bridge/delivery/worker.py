@@ -285,22 +285,29 @@ class WebhookWorker:
             )
 
     async def _sleep_time(self) -> float:
+        """Seconds until the next delivery can be claimed (0: now), at most IDLE_RECHECK."""
         due = await self._call(self.outbox.next_due, self.spec.name)
         if due is None:
             return IDLE_RECHECK
-        return min(max(due - self.clock(), 0.01), IDLE_RECHECK)
+        return min(max(due - self.clock(), 0.0), IDLE_RECHECK)
 
     async def run(self) -> None:
         """Deliver until stop() is called."""
+        claim = True  # the first look claims at once
         while not self._stopping:
             self._wake.clear()
             try:
-                await self._fill()
+                if claim:
+                    await self._fill()
                 # With attempts in flight, each one finishing wakes this loop: no need to ask
                 # when the next is due (on PostgreSQL a look over every pending delivery of the
                 # webhook, the server's costliest statement while a backlog drains). A retry of
                 # another source then waits at most IDLE_RECHECK.
                 pause = IDLE_RECHECK if self._inflight else await self._sleep_time()
+                if pause == 0.0 and not claim:
+                    claim = True  # the look of an idle pause found one due: claim it now
+                    continue
+                pause = max(pause, 0.01)
                 if self._rate_wait is not None:
                     pause = min(pause, self._rate_wait)
             except BridgeError as exc:
@@ -309,8 +316,12 @@ class WebhookWorker:
                 pause = IDLE_RECHECK
             try:
                 await asyncio.wait_for(self._wake.wait(), pause)
+                claim = True
             except TimeoutError:
-                pass
+                # An idle pause's end (the look that covers a wake that never came: another
+                # process's delivery on a state file, a NOTIFY lost) asks when the next delivery
+                # is due before claiming: one round trip, not a claim's read and then that.
+                claim = bool(self._inflight) or self._rate_wait is not None
 
     async def drain(self) -> list[Failure]:
         """Attempt every delivery that is due now once, then return the attempts that did not
