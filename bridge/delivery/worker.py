@@ -35,7 +35,8 @@ log = logging.getLogger("bridge.deliver")
 LEASE_MARGIN = 30.0
 # How often an idle worker looks for deliveries queued where no wake reached it: by another
 # process on a state file (`bridge replay`), or by another instance while this one's state was
-# not listening (bridge.state.base.State.watch_deliveries). A look is a small read or two.
+# not listening (bridge.state.base.State.watch_deliveries). A look is one small read (when
+# the next delivery is due), and a claim only when that is now.
 IDLE_RECHECK = 1.0
 
 
