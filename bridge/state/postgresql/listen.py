@@ -141,13 +141,16 @@ class DeliveryListener:
         waiting = socket.socket(fileno=os.dup(conn.pgconn.socket))
         with self._waking:
             self._waiting = waiting
+        # poll(), not select(): a daemon may hold more than select()'s 1,024 descriptors.
+        poller = select.poll()
+        poller.register(waiting, select.POLLIN)
         try:
             while not self._stop.is_set():
-                # Asleep in select() until the server sends something: psycopg's own wait
+                # Asleep in poll() until the server sends something: psycopg's own wait
                 # (conn.notifies(timeout=...)) looks up every 0.1 s, which was most of an idle
-                # daemon's CPU. A server that goes away (or close()) makes the socket readable,
-                # and reading it then raises an OperationalError.
-                readable, _, _ = select.select([waiting], [], [], STOP_CHECK)
+                # daemon's CPU. A server that goes away (or close()) makes the socket readable
+                # (or hung up), and reading it then raises an OperationalError.
+                readable = poller.poll(STOP_CHECK * 1000)
                 if readable and not self._stop.is_set():
                     for note in conn.notifies(timeout=0):  # what has arrived, no more waiting
                         self._call(webhooks_of(note.payload))
