@@ -6,9 +6,10 @@ one state, as far as leases and claims can tell) and runs only over the backends
 PostgreSQL: each test gets a schema of its own (`t_<random>`, in one database made for the
 session, `bridge_test_<random>`, and named by the URL's `options=-csearch_path=...`): a schema is
 far cheaper than a CREATE DATABASE, and every contract test then also runs through a URL with
-options of its own. The contract suite's schemas are emptied after each test and handed to the
-next one (migrating a new schema is most of a contract test's time); a schema that is not
-exactly as a migration leaves it is dropped instead. `postgresql_database` gives a whole fresh
+options of its own. The schemas of `state`, `two_states` and `postgresql_url` hold a migrated
+state; each is emptied after its test and handed to the next one (migrating a new schema was
+most of a contract test's time), or dropped if the test left it other than a migration does.
+`bare_postgresql_url` gives a schema with nothing in it, and `postgresql_database` a whole fresh
 database, for the tests that need one (one dropped under a state, the default schema). The
 server is $BRIDGE_TEST_POSTGRESQL (default postgresql://postgres@127.0.0.1:5432, as on every
 machine of this project). If it cannot be reached the PostgreSQL tests skip, except under CI
@@ -105,9 +106,14 @@ def new_schema() -> str:
     return f"{_session_database[0]}?options=-csearch_path%3D{name}"
 
 
+def _schema_name(url: str) -> str:
+    """The schema a URL of new_schema() names (its search_path option)."""
+    return url.rsplit("%3D", 1)[1]
+
+
 def drop_schema(url: str) -> None:
     """Drop a schema made by new_schema() and everything in it."""
-    name = url.rsplit("%3D", 1)[1]
+    name = _schema_name(url)
     with psycopg.connect(_session_database[0], autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE".encode())
 
@@ -176,7 +182,7 @@ def _connection() -> psycopg.Connection:
 
 
 def _layout_of(url: str) -> str:
-    found = _connection().execute(_LAYOUT.encode(), [url.rsplit("%3D", 1)[1]]).fetchone()
+    found = _connection().execute(_LAYOUT.encode(), [_schema_name(url)]).fetchone()
     return str(found[0]) if found else ""
 
 
@@ -185,19 +191,18 @@ def _empty_for_reuse(url: str) -> bool:
     if _layout_of(url) != _migrated_layout[0]:
         return False
     conn = _connection()
-    conn.execute(f"SET search_path = {url.rsplit('%3D', 1)[1]}".encode())
+    conn.execute(f"SET search_path = {_schema_name(url)}".encode())
     if conn.execute("SELECT version FROM schema_version").fetchall() != [(SCHEMA_VERSION,)]:
         return False
     # One round trip, one transaction (a multi-statement query is one). DELETE, not TRUNCATE:
     # these tables hold a test's few rows, and TRUNCATE makes every table's files anew.
-    # Identities count from 1 again, as in a new schema.
+    # Every sequence (the identities) counts from 1 again, as in a new schema.
     statements = [f"DELETE FROM {table}" for table in sorted(_MIGRATED_TABLES - {"schema_version"})]
     statements.append(f"INSERT INTO shards (shard) SELECT generate_series(0, {SHARDS - 1})")
-    statements += [
-        f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), 1, false)"
-        for table, column in (("polls", "id"), ("events", "seq"), ("deliveries", "id"),
-                              ("attempts", "id"))
-    ]  # fmt: skip
+    statements.append(
+        "SELECT setval(c.oid, 1, false) FROM pg_class c "
+        "WHERE c.relkind = 'S' AND c.relnamespace = current_schema()::regnamespace"
+    )
     conn.execute("; ".join(statements).encode())
     return True
 
