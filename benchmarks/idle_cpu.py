@@ -30,8 +30,8 @@ import harness  # noqa: E402
 import pg_fleet  # noqa: E402
 import pg_origin  # noqa: E402
 from harness import HERE, ROOT, ensure_nginx, fresh, log, machine  # noqa: E402
-from pg_server import SERVER, ServerCpu, drop_database, new_database  # noqa: E402
-from postgresql import small_docs  # noqa: E402
+from pg_server import SERVER, ServerCpu  # noqa: E402
+from postgresql import Bench, small_docs  # noqa: E402
 from report import replace_section  # noqa: E402
 
 START = "<!-- idle daemons: start -->"
@@ -131,25 +131,29 @@ def main() -> int:
     old_tree = archive(args.old)
     codes: dict[str, Path | None] = {"old": old_tree, "new": None}
     origin = pg_origin.Origin(ensure_nginx()).start()
-    database = new_database(SERVER)
     runs: Runs = {}
     try:
         path = small_docs(SOURCES)
         urls = [origin.url(path(i)) for i in range(SOURCES)]
         hook = origin.url("/hook")
-        with ServerCpu({database.rpartition("/")[2]}, SERVER, period=1.0) as cpu:
-            for n in range(args.rounds):
-                for kind in ("sqlite", "postgresql"):
-                    for label, code in codes.items():
-                        tag = f"idle-{kind}-{label}-{n}"
-                        on_sqlite = str(fresh(f"{tag}-state") / "state.db")
-                        state = on_sqlite if kind == "sqlite" else database
-                        got = measure(code, state, urls, hook, cpu, tag, args.seconds)
-                        log(f"round {n + 1}: {kind} {label}: {got['bridge']:.2f} ms/s bridge, "
-                            f"{got['server']:.2f} ms/s server")  # fmt: skip
-                        runs.setdefault((kind, label), []).append(got)
+        with ServerCpu(set(), SERVER, period=1.0) as cpu:
+            bench = Bench(origin, cpu, SERVER)  # its databases' backends count as the server's
+            try:
+                for n in range(args.rounds):
+                    for kind in ("sqlite", "postgresql"):
+                        for label, code in codes.items():
+                            tag = f"idle-{kind}-{label}-{n}"
+                            if kind == "sqlite":
+                                state = str(fresh(f"{tag}-state") / "state.db")
+                            else:
+                                state = bench.database()  # a new one each: the same start
+                            got = measure(code, state, urls, hook, cpu, tag, args.seconds)
+                            log(f"round {n + 1}: {kind} {label}: {got['bridge']:.2f} ms/s "
+                                f"bridge, {got['server']:.2f} ms/s server")  # fmt: skip
+                            runs.setdefault((kind, label), []).append(got)
+            finally:
+                bench.drop_all()
     finally:
-        drop_database(database)
         origin.stop()
     cmd = " ".join(["python benchmarks/idle_cpu.py", *sys.argv[1:]])
     text = section(
