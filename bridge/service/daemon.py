@@ -300,12 +300,8 @@ class Daemon:
                     lane_width=self.config.per_host,
                     drop=engine.release,
                 )
-                self.sharing = Sharing(state, engine, self.scheduler, self._polling)
-                self.scheduler.claim = self.sharing.claim
-                self.sharing.take_first()
-                self.sharing.schedule()
-                self.scheduler.start()
-                dispatcher.start()
+                # Bound before anything starts: a port in use ends the run before a poll, a
+                # delivery or a lease is under way, so nothing is left half done.
                 if self.config.listen:
                     from bridge.service.server import start_status_server
 
@@ -322,6 +318,12 @@ class Daemon:
                         raise BridgeError(
                             f"{self.config.path}: http.listen {host}:{port}: {exc.strerror}"
                         ) from exc
+                self.sharing = Sharing(state, engine, self.scheduler, self._polling)
+                self.scheduler.claim = self.sharing.claim
+                self.sharing.take_first()
+                self.sharing.schedule()
+                self.scheduler.start()
+                dispatcher.start()
                 log.info(
                     "running: %d sources, %d webhooks, state %s",
                     len(self.config.sources),
