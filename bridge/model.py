@@ -136,6 +136,15 @@ class NewEvent:
     webhooks: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class KnownItems:
+    """A source's stored items as a state holds them in memory (Snapshots.known_items): key ->
+    compared-content hash, and key -> the stored JSON text. Never changed once made."""
+
+    hashes: Mapping[str, str]
+    contents: Mapping[str, bytes]
+
+
 @dataclass
 class PollCommit:
     """Everything one poll writes: the source row, snapshot changes, events. One transaction."""

@@ -29,18 +29,26 @@ class SnapshotReads:
     """The reads of a poll's assessment, awaited: made in a worker thread when the state's
     parts may be called from other threads (State.threaded). On PostgreSQL each is a round
     trip, and on the event loop a daemon's changed polls waited there more than anywhere;
-    SQLite answers from its own file well within the cost of a thread hop."""
+    SQLite answers from its own file well within the cost of a thread hop. Items the state
+    holds in memory (Snapshots.known_items) take neither."""
 
     def __init__(self, snapshots: Snapshots, *, threaded: bool = False):
         self.snapshots = snapshots
         self.threaded = threaded
 
     async def item_hashes(self, source: str) -> dict[str, str]:
-        """Snapshots.item_hashes."""
+        """Snapshots.item_hashes: what the state holds in memory, else read."""
+        known = self.snapshots.known_items(source)
+        if known is not None:
+            return dict(known.hashes)
         return await off_loop(self.threaded, self.snapshots.item_hashes, source)
 
     async def item_contents(self, source: str, keys: Sequence[str]) -> dict[str, Any]:
-        """Snapshots.item_contents."""
+        """Snapshots.item_contents: what the state holds in memory, else read."""
+        known = self.snapshots.known_items(source)
+        if known is not None:
+            held = known.contents
+            return {key: orjson.loads(held[key]) for key in keys if key in held}
         return await off_loop(self.threaded, self.snapshots.item_contents, source, keys)
 
     async def confirmations(self, source: str) -> dict[str, tuple[str, int]]:

@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from bridge.model import Delivery, DeliveryStatus, Finished, PollCommit, SourceRow
+from bridge.model import (
+    Delivery,
+    DeliveryStatus,
+    Finished,
+    KnownItems,
+    PollCommit,
+    SourceRow,
+)
 
 # An unchanged poll of a healthy source, written by a narrow update: its row (with only the
 # poll times and result moved) and the lease the poll ran under.
@@ -82,6 +89,11 @@ class Snapshots(Protocol):
 
     def item_contents(self, source: str, keys: Sequence[str]) -> dict[str, Any]:
         """key -> stored item (parsed JSON) for those of `keys` that are stored."""
+
+    def known_items(self, source: str) -> KnownItems | None:
+        """The source's stored items as item_hashes and item_contents would give them now, if
+        this state holds them in memory and can vouch for them; else None. Never a round trip
+        or a wait: the event loop asks it before it sends a poll's reads to a worker thread."""
 
     def host_blocks(self, now: float) -> dict[str, float]:
         """Hosts (or GitHub token budgets) still off-limits at `now`, with until when."""

@@ -394,29 +394,91 @@ def test_a_url_libpq_cannot_read_is_one_line_without_the_password() -> None:
 # --- the reads and writes of a changed poll ---------------------------------------------------
 
 
-def test_a_small_sources_contents_come_with_its_hashes_and_never_outlive_a_commit(
+def _leased_poll(
+    state: State, upserts: list[tuple[str, str, bytes]] = (), deletes: list[str] = ()
+) -> dict[str, str]:
+    """One poll of source `s` as the engine makes it: leased, its items read, its commit
+    fenced by the lease; the hashes it read."""
+    [(name, token)] = state.coordination.lease_polls(["s"], time.time(), time.time() + 60).items()
+    found = state.snapshots.item_hashes(name)
+    row = SourceRow(name, baselined=True, last_poll_at=NOW)
+    commit = PollCommit(row, "changed", 0.1, list(upserts), list(deletes), lease=token)
+    assert state.snapshots.commit_polls([commit]) == set()
+    return found
+
+
+def _stored(url: str) -> dict[str, Any]:
+    fresh = open_state(url)
+    try:
+        hashes = fresh.snapshots.item_hashes("s")
+        return {"hashes": hashes, "contents": fresh.snapshots.item_contents("s", list(hashes))}
+    finally:
+        fresh.close()
+
+
+def test_a_small_sources_items_are_kept_for_its_next_lease_here_and_only_that(
     postgresql_url,
 ) -> None:
     state, other = open_state(postgresql_url), open_state(postgresql_url)
     try:
-        items = [(f"k{i}", f"h{i}", b'{"v": %d}' % i) for i in range(3)]
-        row = SourceRow("s", baselined=True, last_poll_at=NOW)
-        state.snapshots.commit_polls([PollCommit(row, "changed", 0.1, upserts=items)])
         snaps = state.snapshots
-        assert snaps.item_hashes("s") == {"k0": "h0", "k1": "h1", "k2": "h2"}  # learns: small
-        assert snaps.item_hashes("s") == {"k0": "h0", "k1": "h1", "k2": "h2"}  # contents too
-        # Another instance's write between the two reads: the contents are those of the
-        # hashes' snapshot, as the poll compared them.
-        changed = [("k1", "h1b", b'{"v": 10}')]
-        other.snapshots.commit_polls([PollCommit(row, "changed", 0.1, upserts=changed)])
-        assert snaps.item_contents("s", ["k1", "k2", "gone"]) == {"k1": {"v": 1}, "k2": {"v": 2}}
-        # Answered once: the next call reads the database.
-        assert snaps.item_contents("s", ["k1"]) == {"k1": {"v": 10}}
-        # A commit of the source drops what its last read kept.
-        assert snaps.item_hashes("s")["k1"] == "h1b"
-        mine = [("k2", "h2b", b'{"v": 20}')]
-        snaps.commit_polls([PollCommit(row, "changed", 0.1, upserts=mine)])
-        assert snaps.item_contents("s", ["k1", "k2"]) == {"k1": {"v": 10}, "k2": {"v": 20}}
+        items = [(f"k{i}", f"h{i}", b'{"v": %d}' % i) for i in range(3)]
+        _leased_poll(state, items)  # the baseline: read without contents, nothing kept
+        assert snaps.known_items("s") is None
+        _leased_poll(state, [("k1", "h1b", b'{"v": 10}')], ["k2"])  # read with contents
+        lease = state.coordination.lease_polls(["s"], time.time(), time.time() + 60)
+        known = snaps.known_items("s")
+        assert known is not None and dict(known.hashes) == {"k0": "h0", "k1": "h1b"}
+        assert _stored(postgresql_url)["hashes"] == dict(known.hashes)
+        assert snaps.item_contents("s", ["k1", "k2"]) == {"k1": {"v": 10}}
+        state.coordination.release_polls(lease)
+        # A lease that ended without a commit: nobody vouches for what happened since.
+        assert _leased_poll(state) == {"k0": "h0", "k1": "h1b"}
+        lease = state.coordination.lease_polls(["s"], time.time(), time.time() + 60)
+        assert snaps.known_items("s") is not None
+        state.coordination.release_polls(lease)
+
+        # Another instance's poll: this one's next lease is not the next token, so it reads.
+        _leased_poll(other, [("k0", "h0c", b'{"v": 100}')])
+        assert _leased_poll(state) == {"k0": "h0c", "k1": "h1b"}
+        # A commit under no lease (none in production but a test's) moves the token too.
+        row = SourceRow("s", baselined=True, last_poll_at=NOW)
+        unleased = PollCommit(row, "changed", 0.1, [("k9", "h9", b"9")])
+        assert other.snapshots.commit_polls([unleased]) == set()
+        assert _leased_poll(state) == {"k0": "h0c", "k1": "h1b", "k9": "h9"}
+    finally:
+        other.close()
+        state.close()
+
+
+def test_a_commit_that_fails_or_is_fenced_out_keeps_nothing(postgresql_url) -> None:
+    state, other = open_state(postgresql_url), open_state(postgresql_url)
+    try:
+        snaps = state.snapshots
+        _leased_poll(state, [("k0", "h0", b"0")])
+        _leased_poll(state)  # now small: read with its contents, and kept
+        [token] = state.coordination.lease_polls(["s"], 1.0, 2.0).values()  # ends at once
+        assert snaps.known_items("s") is not None
+        _leased_poll(other, [("k0", "h0b", b"1")])  # takes the lapsed lease, commits
+        row = SourceRow("s", baselined=True, last_poll_at=NOW)
+        stale = PollCommit(row, "changed", 0.1, [("k1", "h1", b"2")], lease=token)
+        assert snaps.commit_polls([stale]) == {"s"}
+        assert snaps.known_items("s") is None
+
+        event = NewEvent("evt_1", "s", "item.added", "k1", NOW, b"{}", ("w",))
+        for _ in range(2):  # the second, read with its contents: kept
+            [token] = state.coordination.lease_polls(["s"], time.time(), NOW * 2).values()
+            snaps.item_hashes("s")
+            assert snaps.commit_polls([PollCommit(row, "changed", 0.1, lease=token)]) == set()
+        [token] = state.coordination.lease_polls(["s"], time.time(), NOW * 2).values()
+        assert snaps.known_items("s") is not None
+        snaps.commit_polls([PollCommit(row, "changed", 0.1, events=[event], lease=token)])
+        [token] = state.coordination.lease_polls(["s"], time.time(), NOW * 2).values()
+        assert snaps.known_items("s") is not None
+        # A commit the server refuses (an event id it has): written or not, nothing is kept.
+        with pytest.raises(StateError):
+            snaps.commit_polls([PollCommit(row, "changed", 0.1, events=[event], lease=token)])
+        assert snaps.known_items("s") is None
     finally:
         other.close()
         state.close()
@@ -467,3 +529,31 @@ def test_attempts_finished_together_are_each_recorded(two) -> None:
     again = first.outbox.claim_due("w", NOW + 100, 10, 30.0)
     assert sorted((d.source, d.id) for d in again) == [("s0", a.id + 3), ("s1", b.id + 3),
                                                         ("s2", c.id + 3)]  # fmt: skip
+
+
+async def test_polls_of_one_source_by_two_instances_in_turn_diff_against_the_last_commit(
+    postgresql_url, origin, write_config
+) -> None:
+    # Each instance keeps the items its own polls found; polled in turns, each must still
+    # compare with what the other committed last, and a run of its own polls with its own.
+    from tests.conftest import STDOUT, bridge_config, engine_for, http_source
+
+    source = http_source("s", origin.url("/c"), every="1m", items="@", key="id", webhooks=["out"])
+    path = write_config(bridge_config(source, state=postgresql_url, webhooks=STDOUT))
+    async with engine_for(path) as first, engine_for(path) as second:
+        origin.set("/c", [{"id": 1, "v": 0}])
+        assert (await first.poll("s")).result == "new"
+        turns = [first, first, second, first, second, second, first]
+        for n, engine in enumerate(turns, start=1):
+            origin.set("/c", [{"id": 1, "v": n}, {"id": n + 1, "v": 0}])
+            result = await engine.poll("s")
+            changes = sorted(
+                (e["type"], e["data"]["key"], (e["data"]["before"] or {}).get("v"))
+                for e in result.events
+            )
+            expected = [("item.added", n + 1, None), ("item.changed", 1, n - 1)]
+            if n > 1:
+                expected.append(("item.removed", n, 0))
+            assert changes == sorted(expected), (n, changes)
+        kept = [e.state.snapshots.known_items("s") is not None for e in (first, second)]
+        assert kept == [False, False]  # neither holds a lease now: nothing is vouched for

@@ -29,6 +29,7 @@ class PostgresState:
         self.admin = PostgresAdmin(self.database)
         self.coordination = PostgresCoordination(self.database, instance_id)
         self.snapshots.held_here = self.coordination.holds
+        self.coordination.granted = self.snapshots.cache.granted
         self.transfer = PostgresTransfer(self.database)  # bridge copy-state
         self.listener: DeliveryListener | None = None  # watch_deliveries()
 

@@ -28,7 +28,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from bridge.errors import StateError
 from bridge.state.base import HEARTBEAT_INTERVAL, INSTANCE_TIMEOUT, SHARDS, Share, shard_of
@@ -94,6 +94,9 @@ class PostgresCoordination:
         self._shards: dict[int, int] = {}  # the shards held: shard -> token
         self._held: frozenset[int] = frozenset()  # the same, for holds() from other threads
         self._registered = False
+        # Told every lease granted, name -> token (set by PostgresState: the item cache of
+        # its snapshots, which a lease's token vouches for).
+        self.granted: Callable[[Mapping[str, int]], None] = lambda tokens: None
         self._beating: threading.Event | None = None
         self._beater: threading.Thread | None = None
 
@@ -287,7 +290,9 @@ class PostgresCoordination:
                     "until": until,
                 },
             ).fetchall()
-        return {name: int(token) for name, token in rows}
+        granted = {name: int(token) for name, token in rows}
+        self.granted(granted)
+        return granted
 
     def lease_strays(self, strays: Mapping[str, float], now: float, until: float) -> dict[str, int]:
         """Lease sources whose shard's holder lacks them: those polled last here or by nobody

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 import psycopg
 
-from bridge.model import PollCommit, SourceRow
+from bridge.model import KnownItems, PollCommit, SourceRow
 from bridge.state.base import Touched
 from bridge.state.postgresql.connection import Database
+from bridge.state.postgresql.item_cache import SMALL, ItemCache
 from bridge.state.postgresql.listen import notify_deliveries
 from bridge.state.rows import SOURCE_COLUMNS, poll_rows, row_from, row_values
 
@@ -58,16 +58,6 @@ _TOUCH_SOURCE = (
 )
 
 
-# A source with at most this many stored items has their contents read with their hashes, the
-# one round trip a changed poll's two reads then take (item_contents answers from them); larger
-# sets keep two, not to move every item of each poll that changes none. Kept for the last
-# _READS_KEPT such reads, for _READ_FOR seconds: the polls between their two reads, not every
-# source's items, nor contents another instance may have changed since.
-_SMALL = 64
-_READS_KEPT = 256
-_READ_FOR = 2.0
-
-
 class PostgresSnapshots:
     """bridge.state.base.Snapshots over a PostgreSQL database."""
 
@@ -79,10 +69,10 @@ class PostgresSnapshots:
         # generation(): no other instance polls (or caches) them, and one that gains their shard
         # reads them afresh. Every other write (`bridge once`, a stray, a command) is seen.
         self.held_here: Callable[[Iterable[str]], bool] = lambda names: False
-        # Sources last seen with few enough items (item_hashes), and the contents read with
-        # their hashes, by source, oldest first; polls read from worker threads.
-        self._small: set[str] = set()
-        self._read: OrderedDict[str, tuple[float, dict[str, bytes]]] = OrderedDict()
+        # The items of small sources as last read or committed here, by the lease they are
+        # valid for (item_cache.py); coordination.py tells it the leases granted.
+        self.cache = ItemCache()
+        self._small: set[str] = set()  # sources last seen with at most SMALL items
         self._lock = threading.Lock()
 
     def source_row(self, name: str) -> SourceRow:
@@ -114,6 +104,12 @@ class PostgresSnapshots:
 
     def item_hashes(self, source: str) -> dict[str, str]:
         """key -> compared-content hash of every stored item of a source."""
+        known = self.cache.known(source)
+        if known is not None:
+            return dict(known.hashes)
+        # A source last seen with few items has its contents read with its hashes (one round
+        # trip for both reads of a changed poll, and kept for the next); a large one, or one
+        # not seen yet, without them: not to move every item of each poll that changes none.
         with self._lock:
             small = source in self._small
         with self.database.connection() as conn:
@@ -126,16 +122,18 @@ class PostgresSnapshots:
                     "SELECT key, hash FROM items WHERE source = %s", (source,)
                 ).fetchall()
         with self._lock:
-            if len(rows) <= _SMALL:
+            if len(rows) <= SMALL:
                 self._small.add(source)
             else:
                 self._small.discard(source)
-            self._read.pop(source, None)
-            if small and len(rows) <= _SMALL:
-                self._read[source] = (time.monotonic(), {r[0]: r[2] for r in rows})
-                while len(self._read) > _READS_KEPT:
-                    self._read.popitem(last=False)
+        if small:
+            self.cache.read(source, [(k, h, bytes(c)) for k, h, c in rows])
         return {r[0]: r[1] for r in rows}
+
+    def known_items(self, source: str) -> KnownItems | None:
+        """The items of a small source this instance polls, as its current lease found them
+        (item_cache.py)."""
+        return self.cache.known(source)
 
     def confirmations(self, source: str) -> dict[str, tuple[str, int]]:
         """key -> (candidate hash, polls that saw it) of the source's changes awaiting confirm."""
@@ -147,13 +145,11 @@ class PostgresSnapshots:
 
     def item_contents(self, source: str, keys: Sequence[str]) -> dict[str, Any]:
         """key -> stored item (parsed) for the given keys (one array parameter, any length);
-        from the last item_hashes of the source when it read them (a small set), as of the
-        same snapshot as the hashes it gave."""
-        with self._lock:
-            kept = self._read.pop(source, None)
-        if kept is not None and time.monotonic() - kept[0] < _READ_FOR:
-            read = kept[1]
-            return {key: orjson.loads(read[key]) for key in keys if key in read}
+        from those kept in memory when they are valid (item_cache.py)."""
+        known = self.cache.known(source)
+        if known is not None:
+            held = known.contents
+            return {key: orjson.loads(held[key]) for key in keys if key in held}
         if not keys:
             return {}
         with self.database.connection() as conn:
@@ -177,9 +173,31 @@ class PostgresSnapshots:
         """
         commits = list(commits)
         names = [c.row.name for c in commits] + [r.name for r, _ in touched]
-        with self._lock:  # contents read before this commit are not to be answered after it
-            for name in names:
-                self._read.pop(name, None)
+        try:
+            refused = self._commit(commits, names, host_blocks, touched)
+        except BaseException:
+            self.cache.forget(names)  # written or not, no one can tell: read them again
+            raise
+        self.cache.forget(refused)
+        for c in commits:
+            if c.row.name in refused:
+                continue
+            if c.lease is None:
+                self.cache.forget([c.row.name])
+            else:
+                self.cache.committed(c.row.name, c.lease, c.upserts, c.deletes)
+        for r, token in touched:
+            if r.name not in refused and token is not None:
+                self.cache.committed(r.name, token, (), ())
+        return refused
+
+    def _commit(
+        self,
+        commits: list[PollCommit],
+        names: list[str],
+        host_blocks: Mapping[str, float] | None,
+        touched: Sequence[Touched],
+    ) -> set[str]:
         with self.database.write(seen=not self.held_here(names)) as conn:
             if host_blocks:
                 conn.execute("DELETE FROM host_blocks WHERE until < %s", (time.time(),))
@@ -209,6 +227,15 @@ class PostgresSnapshots:
                     whole += [r for r, _ in touched if r.name in unwritten - lost]
             if whole:
                 conn.execute(_UPSERT_SOURCES, _source_columns(whole), prepare=False)
+            unleased = sorted({c.row.name for c in commits if c.lease is None})
+            if unleased:
+                # Written under no lease: the next lease of each takes a token that no kept
+                # copy of their items is valid for (item_cache.py), in any instance.
+                conn.execute(
+                    "UPDATE sources SET lease_token = lease_token + 1 WHERE name = ANY(%s)",
+                    (unleased,),
+                    prepare=False,
+                )
             written = [c for c in commits if c.upserts or c.deletes or c.events or c.history]
             if written:
                 _write_polls(conn, written)

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from bridge.model import PollCommit, SourceRow
+from bridge.model import KnownItems, PollCommit, SourceRow
 from bridge.state.base import Touched
 from bridge.state.rows import SOURCE_COLUMNS, poll_rows, row_from, row_values
 from bridge.state.sqlite.connection import Database, chunks
@@ -67,6 +67,11 @@ class SqliteSnapshots:
         """key -> compared-content hash of every stored item of a source."""
         rows = self.conn.execute("SELECT key, hash FROM items WHERE source = ?", (source,))
         return dict(rows.fetchall())
+
+    def known_items(self, source: str) -> KnownItems | None:
+        """None: the file answers item_hashes and item_contents in place, faster than a copy
+        kept in memory could be kept current with what other processes commit to it."""
+        return None
 
     def confirmations(self, source: str) -> dict[str, tuple[str, int]]:
         """key -> (candidate hash, polls that saw it) of the source's changes awaiting confirm."""
