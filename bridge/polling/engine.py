@@ -153,6 +153,7 @@ class Engine:
         # (_commit_together), each with the future its poll awaits.
         self._group: list[tuple[PollCommit, asyncio.Future[None]]] = []
         self._group_task: asyncio.Task[None] | None = None
+        self._group_writing: list[asyncio.Future[None]] = []  # the waiters of the group written
         self._buffer: dict[str, PollCommit] = {}
         self._changes: dict[str, PollCommit] = {}  # changed polls held by poll_many
         # Unchanged polls of healthy sources (nearly every poll of a daemon) keep only their new
@@ -421,6 +422,7 @@ class Engine:
     async def _write_groups(self) -> None:
         while self._group:
             group, self._group = self._group, []
+            self._group_writing = [waiter for _, waiter in group]
             commits = [commit for commit, _ in group]
             try:
                 refused = await self._off_loop(self.snapshots.commit_polls, commits)
@@ -439,10 +441,14 @@ class Engine:
                     waiter.set_result(None)
 
     async def _groups_written(self) -> None:
-        # Until the changed polls committing together are written (flush_async, at shutdown).
-        task = self._group_task
-        if task is not None and not task.done():
-            await asyncio.shield(task)
+        # Until the changed polls committing together now are written (flush_async: at shutdown,
+        # before shards go back): those being written and those queued, not the groups that
+        # finish after them. Under a steady stream of changes the writer never runs dry, and a
+        # flush that waited for it to end never ended: a daemon kept every shard it had to give
+        # back to one that joined.
+        waiters = [*self._group_writing, *(w for _, w in self._group)]
+        if waiters:
+            await asyncio.wait(waiters)  # their outcomes are their polls' to raise
 
     def _written(self, changes: list[PollCommit], refused: set[str]) -> None:
         # After a write: cache the rows, wake the webhooks with new deliveries, count the polls.

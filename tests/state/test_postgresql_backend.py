@@ -557,3 +557,43 @@ async def test_polls_of_one_source_by_two_instances_in_turn_diff_against_the_las
             assert changes == sorted(expected), (n, changes)
         kept = [e.state.snapshots.known_items("s") is not None for e in (first, second)]
         assert kept == [False, False]  # neither holds a lease now: nothing is vouched for
+
+
+async def test_a_flush_waits_for_the_changed_polls_committing_then_not_for_later_ones(
+    postgresql_url, origin, write_config
+) -> None:
+    # A daemon gives shards back after a flush (sharing.py). Under a steady stream of changed
+    # polls the group writer never runs dry, and a flush that waited for it never ended: a
+    # daemon kept the shards of the instances that joined it. Here a row lock held by the test
+    # stops each poll's commit in turn at its item.
+    import asyncio
+
+    from tests.conftest import STDOUT, bridge_config, engine_for, http_source
+
+    sources = [http_source(n, origin.url(f"/{n}"), every="1m", webhooks=["out"]) for n in "ab"]
+    path = write_config(bridge_config(*sources, state=postgresql_url, webhooks=STDOUT))
+    async with engine_for(path) as engine:
+        for name in "ab":
+            origin.set(f"/{name}", {"n": 0})
+            assert (await engine.poll(name)).result == "new"
+            origin.set(f"/{name}", {"n": 1})
+        holds = {}
+        for name in "ab":  # each source's one item (a document's) locked by a connection
+            holds[name] = psycopg.connect(postgresql_url)
+            holds[name].execute("SELECT 1 FROM items WHERE source = %s FOR UPDATE", (name,))
+        try:
+            poll_a = asyncio.create_task(engine.poll("a"))
+            await asyncio.sleep(0.3)  # a's commit is under way, waiting for its item
+            flush = asyncio.create_task(engine.flush_async())
+            poll_b = asyncio.create_task(engine.poll("b"))
+            await asyncio.sleep(0.3)  # b's commit is queued behind a's
+            assert not flush.done() and not poll_a.done()
+            holds["a"].commit()  # a's commit goes through; b's starts, and waits for its item
+            await asyncio.wait_for(flush, timeout=5)
+            assert (await poll_a).result == "changed"
+            assert not poll_b.done()
+            holds["b"].commit()
+            assert (await asyncio.wait_for(poll_b, timeout=5)).result == "changed"
+        finally:
+            for conn in holds.values():
+                conn.close()
