@@ -153,7 +153,11 @@ class Engine:
         # (_commit_together), each with the future its poll awaits.
         self._group: list[tuple[PollCommit, asyncio.Future[None]]] = []
         self._group_task: asyncio.Task[None] | None = None
-        self._group_writing: list[asyncio.Future[None]] = []  # the waiters of the group written
+        # Done when a group is written (or failed to be), for flush_async: the group being
+        # written, and the one forming. Not the polls' own waiters: a cancelled poll's is done
+        # at once, while its commit is still being written with its group.
+        self._group_writing: asyncio.Future[None] | None = None
+        self._group_forming: asyncio.Future[None] | None = None
         self._buffer: dict[str, PollCommit] = {}
         self._changes: dict[str, PollCommit] = {}  # changed polls held by poll_many
         # Unchanged polls of healthy sources (nearly every poll of a daemon) keep only their new
@@ -413,7 +417,10 @@ class Engine:
         # wait on round trips, not work. The poll returns once its own transaction committed
         # (its lease is held until then), or raises the StateError that kept it from being
         # written: nothing here waits longer than the write before it.
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        if not self._group:
+            self._group_forming = loop.create_future()
         self._group.append((commit, waiter))
         if self._group_task is None or self._group_task.done():
             self._group_task = asyncio.get_running_loop().create_task(self._write_groups())
@@ -422,7 +429,8 @@ class Engine:
     async def _write_groups(self) -> None:
         while self._group:
             group, self._group = self._group, []
-            self._group_writing = [waiter for _, waiter in group]
+            written, self._group_forming = self._group_forming, None
+            self._group_writing = written
             commits = [commit for commit, _ in group]
             try:
                 refused = await self._off_loop(self.snapshots.commit_polls, commits)
@@ -436,6 +444,9 @@ class Engine:
                     if not waiter.done():
                         waiter.set_exception(exc)
                 continue
+            finally:
+                if written is not None and not written.done():
+                    written.set_result(None)
             for _, waiter in group:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -446,9 +457,9 @@ class Engine:
         # finish after them. Under a steady stream of changes the writer never runs dry, and a
         # flush that waited for it to end never ended: a daemon kept every shard it had to give
         # back to one that joined.
-        waiters = [*self._group_writing, *(w for _, w in self._group)]
-        if waiters:
-            await asyncio.wait(waiters)  # their outcomes are their polls' to raise
+        groups = [g for g in (self._group_writing, self._group_forming) if g is not None]
+        if groups:
+            await asyncio.wait(groups)
 
     def _written(self, changes: list[PollCommit], refused: set[str]) -> None:
         # After a write: cache the rows, wake the webhooks with new deliveries, count the polls.

@@ -597,3 +597,34 @@ async def test_a_flush_waits_for_the_changed_polls_committing_then_not_for_later
         finally:
             for conn in holds.values():
                 conn.close()
+
+
+async def test_a_flush_waits_for_the_commit_of_a_poll_cancelled_while_it_is_written(
+    postgresql_url, origin, write_config
+) -> None:
+    # At shutdown polls still running after the grace are cancelled, then the engine flushes
+    # before the state closes: a cancelled poll's commit is still written with its group.
+    import asyncio
+
+    from tests.conftest import STDOUT, bridge_config, engine_for, http_source
+
+    source = http_source("a", origin.url("/a"), every="1m", webhooks=["out"])
+    path = write_config(bridge_config(source, state=postgresql_url, webhooks=STDOUT))
+    async with engine_for(path) as engine:
+        origin.set("/a", {"n": 0})
+        assert (await engine.poll("a")).result == "new"
+        origin.set("/a", {"n": 1})
+        hold = psycopg.connect(postgresql_url)
+        try:
+            hold.execute("SELECT 1 FROM items WHERE source = 'a' FOR UPDATE")
+            poll = asyncio.create_task(engine.poll("a"))
+            await asyncio.sleep(0.3)  # its commit is under way, waiting for its item
+            poll.cancel()
+            flush = asyncio.create_task(engine.flush_async())
+            await asyncio.sleep(0.3)
+            assert not flush.done()
+            hold.commit()
+            await asyncio.wait_for(flush, timeout=5)
+        finally:
+            hold.close()
+        assert [e["type"] for e in engine.state.admin.events(source="a")] == ["document.changed"]
