@@ -559,6 +559,7 @@ async def test_polls_of_one_source_by_two_instances_in_turn_diff_against_the_las
         assert kept == [False, False]  # neither holds a lease now: nothing is vouched for
 
 
+@pytest.mark.slow  # waits on row locks, a second or so
 async def test_a_flush_waits_for_the_changed_polls_committing_then_not_for_later_ones(
     postgresql_url, origin, write_config
 ) -> None:
@@ -599,6 +600,7 @@ async def test_a_flush_waits_for_the_changed_polls_committing_then_not_for_later
                 conn.close()
 
 
+@pytest.mark.slow  # waits on row locks, a second or so
 async def test_a_flush_waits_for_the_commit_of_a_poll_cancelled_while_it_is_written(
     postgresql_url, origin, write_config
 ) -> None:
