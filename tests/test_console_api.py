@@ -261,6 +261,15 @@ async def test_every_endpoint_answers_as_its_openapi_document_says(
         assert data["before"]["name"] == "one" and data["after"]["name"] == "uno"
         await async_wait_for(lambda: len(receiver.received) == 1, timeout=10)
 
+        async def recorded() -> None:
+            # The receiver has its POST a moment before the daemon writes the attempt down.
+            deadline = time.monotonic() + 10
+            path = "/api/deliveries?status=pending"
+            while (await call(session, daemon, api, "GET", path))["deliveries"]:
+                assert time.monotonic() < deadline, "a delivery received was never recorded"
+                time.sleep(0.05)
+
+        await recorded()
         deliveries = await call(session, daemon, api, "GET", "/api/deliveries?webhook=hook")
         assert deliveries["webhooks"][0]["name"] == "hook"
         assert deliveries["webhooks"][0]["origin"] == receiver.url("/").rstrip("/")
@@ -273,6 +282,7 @@ async def test_every_endpoint_answers_as_its_openapi_document_says(
         assert replayed["queued"] == 1
         await async_wait_for(lambda: len(receiver.received) == 2, timeout=10)
         assert receiver.received[1].headers["webhook-id"] == events[0]["id"]
+        await recorded()
         discarded = await call(
             session, daemon, api, "POST", "/api/discard", json={"source": "good"}
         )
