@@ -3,9 +3,11 @@ events, deliveries and finished attempts. No SQL and no I/O here: only data and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import orjson
 
 # What one poll came to: "new" is the first (baseline) poll of a source.
 PollOutcome = Literal["new", "changed", "unchanged", "error"]
@@ -143,6 +145,11 @@ class KnownItems:
 
     hashes: Mapping[str, str]
     contents: Mapping[str, bytes]
+
+    def items(self, keys: Iterable[str]) -> dict[str, Any]:
+        """key -> stored item (parsed JSON) for those of `keys` that are stored, as
+        Snapshots.item_contents gives them."""
+        return {key: orjson.loads(self.contents[key]) for key in keys if key in self.contents}
 
 
 @dataclass

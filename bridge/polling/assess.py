@@ -47,8 +47,7 @@ class SnapshotReads:
         """Snapshots.item_contents: what the state holds in memory, else read."""
         known = self.snapshots.known_items(source)
         if known is not None:
-            held = known.contents
-            return {key: orjson.loads(held[key]) for key in keys if key in held}
+            return known.items(keys)
         return await off_loop(self.threaded, self.snapshots.item_contents, source, keys)
 
     async def confirmations(self, source: str) -> dict[str, tuple[str, int]]:

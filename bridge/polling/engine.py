@@ -423,7 +423,7 @@ class Engine:
             self._group_forming = loop.create_future()
         self._group.append((commit, waiter))
         if self._group_task is None or self._group_task.done():
-            self._group_task = asyncio.get_running_loop().create_task(self._write_groups())
+            self._group_task = loop.create_task(self._write_groups())
         await waiter  # a poll cancelled meanwhile is still written with its group
 
     async def _write_groups(self) -> None:

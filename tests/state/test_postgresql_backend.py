@@ -8,6 +8,7 @@ where it needs a whole one (`postgresql_database`).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import defaultdict
@@ -24,6 +25,7 @@ from bridge.model import Finished, NewEvent, PollCommit, SourceRow
 from bridge.state import State, open_state, redact_location, state_exists
 from bridge.state.base import INSTANCE_TIMEOUT
 from bridge.state.postgresql.schema import SCHEMA_VERSION
+from tests.conftest import STDOUT, bridge_config, engine_for, http_source
 from tests.state.conftest import POSTGRESQL, drop_database
 
 NOW = 1_700_000_000.0
@@ -536,8 +538,6 @@ async def test_polls_of_one_source_by_two_instances_in_turn_diff_against_the_las
 ) -> None:
     # Each instance keeps the items its own polls found; polled in turns, each must still
     # compare with what the other committed last, and a run of its own polls with its own.
-    from tests.conftest import STDOUT, bridge_config, engine_for, http_source
-
     source = http_source("s", origin.url("/c"), every="1m", items="@", key="id", webhooks=["out"])
     path = write_config(bridge_config(source, state=postgresql_url, webhooks=STDOUT))
     async with engine_for(path) as first, engine_for(path) as second:
@@ -567,10 +567,6 @@ async def test_a_flush_waits_for_the_changed_polls_committing_then_not_for_later
     # polls the group writer never runs dry, and a flush that waited for it never ended: a
     # daemon kept the shards of the instances that joined it. Here a row lock held by the test
     # stops each poll's commit in turn at its item.
-    import asyncio
-
-    from tests.conftest import STDOUT, bridge_config, engine_for, http_source
-
     sources = [http_source(n, origin.url(f"/{n}"), every="1m", webhooks=["out"]) for n in "ab"]
     path = write_config(bridge_config(*sources, state=postgresql_url, webhooks=STDOUT))
     async with engine_for(path) as engine:
@@ -606,10 +602,6 @@ async def test_a_flush_waits_for_the_commit_of_a_poll_cancelled_while_it_is_writ
 ) -> None:
     # At shutdown polls still running after the grace are cancelled, then the engine flushes
     # before the state closes: a cancelled poll's commit is still written with its group.
-    import asyncio
-
-    from tests.conftest import STDOUT, bridge_config, engine_for, http_source
-
     source = http_source("a", origin.url("/a"), every="1m", webhooks=["out"])
     path = write_config(bridge_config(source, state=postgresql_url, webhooks=STDOUT))
     async with engine_for(path) as engine:

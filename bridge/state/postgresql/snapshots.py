@@ -148,8 +148,7 @@ class PostgresSnapshots:
         from those kept in memory when they are valid (item_cache.py)."""
         known = self.cache.known(source)
         if known is not None:
-            held = known.contents
-            return {key: orjson.loads(held[key]) for key in keys if key in held}
+            return known.items(keys)
         if not keys:
             return {}
         with self.database.connection() as conn:
