@@ -1,6 +1,7 @@
 """Who polls what on one state file: the single daemon's lock, and poll leases on sources.
 
-A lease is a row of poll_leases (source, owner, token, until). It is granted only while no live
+A lease is a row of poll_leases (source, owner, token, until); the sources leased at one wake-up
+share their token, which names the grant together with the source. It is granted only while no live
 lease holds the source, and the poll's commit is written only while that row is still its own
 (bridge/state/sqlite/snapshots.py); the commit deletes it. The owner names this process
 (`host:pid:random`), so that the lease of a process that died (kill -9) is free at once, rather
@@ -45,7 +46,7 @@ def _gone(owner: str) -> bool:
 
 class SqliteCoordination:
     """bridge.state.base.Coordination over one state file: a flock for the one daemon, and
-    poll leases in the sources table."""
+    poll leases in the poll_leases table."""
 
     def __init__(self, database: Database, instance_id: str):
         self.database = database
@@ -105,19 +106,32 @@ class SqliteCoordination:
         if not names:
             return {}
         self._leased = True
+        # One token for the whole wake-up: a lease is its (source, token), and a grant is
+        # counted by changes() rather than read back row by row (RETURNING cost more than the
+        # rows it inserted).
+        token = secrets.randbits(63)
+        listed = orjson.dumps(list(names)).decode()
         with self.database.write() as conn:
             # One statement for the whole wake-up: a free or expired lease is taken, a live one
             # left alone. (`WHERE true` lets SQLite parse the upsert after a SELECT.)
-            granted: dict[str, int] = dict(
-                conn.execute(
-                    "INSERT INTO poll_leases (name, owner, token, until) "
-                    "SELECT value, ?, random(), ? FROM json_each(?) WHERE true "
-                    "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
-                    "token = excluded.token, until = excluded.until "
-                    "WHERE poll_leases.until < ? RETURNING name, token",
-                    (self.instance_id, until, orjson.dumps(list(names)).decode(), now),
-                ).fetchall()
-            )
+            taken = conn.execute(
+                "INSERT INTO poll_leases (name, owner, token, until) "
+                "SELECT value, ?, ?, ? FROM json_each(?) WHERE true "
+                "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+                "token = excluded.token, until = excluded.until "
+                "WHERE poll_leases.until < ?",
+                (self.instance_id, token, until, listed, now),
+            ).rowcount
+            if taken == len(names):
+                return dict.fromkeys(names, token)
+            granted = {
+                name: token
+                for (name,) in conn.execute(
+                    "SELECT name FROM poll_leases WHERE name IN (SELECT value FROM json_each(?)) "
+                    "AND owner = ? AND token = ?",
+                    (listed, self.instance_id, token),
+                )
+            }
             refused = [n for n in names if n not in granted]
             if refused:  # live leases: free only if the process holding them is gone
                 for chunk in chunks(refused):
@@ -127,13 +141,13 @@ class SqliteCoordination:
                     ).fetchall()
                     for name, owner in holders:
                         if owner != self.instance_id and _gone(owner):
-                            row = conn.execute(
-                                "UPDATE poll_leases SET owner = ?, token = random(), until = ? "
-                                "WHERE name = ? AND owner = ? RETURNING token",
-                                (self.instance_id, until, name, owner),
-                            ).fetchone()
-                            if row is not None:
-                                granted[name] = row[0]
+                            taken = conn.execute(
+                                "UPDATE poll_leases SET owner = ?, token = ?, until = ? "
+                                "WHERE name = ? AND owner = ?",
+                                (self.instance_id, token, until, name, owner),
+                            ).rowcount
+                            if taken:
+                                granted[name] = token
         return granted
 
     def lease_strays(self, strays: Mapping[str, float], now: float, until: float) -> dict[str, int]:

@@ -32,6 +32,11 @@ _TOUCH_SOURCE = (
 # Writing a poll ends the lease it ran under: its (source, owner, token) row is taken out. When
 # every one was there (the usual case), no poll had lost its lease; the fence needs no read.
 _END_LEASE = "DELETE FROM poll_leases WHERE name = ? AND token = ? AND owner = ?"
+# The same for the sources leased together under one token (a wake-up's), in one statement.
+_END_LEASES = (
+    "DELETE FROM poll_leases WHERE name IN (SELECT value FROM json_each(?)) "
+    "AND token = ? AND owner = ?"
+)
 
 
 class SqliteSnapshots:
@@ -173,7 +178,13 @@ class SqliteSnapshots:
             return set()
         owner = self.owner
         conn.execute("SAVEPOINT end_leases")
-        ended = conn.executemany(_END_LEASE, held).rowcount
+        by_token: dict[int, list[str]] = {}
+        for name, token, _ in held:
+            by_token.setdefault(token, []).append(name)
+        ended = sum(
+            conn.execute(_END_LEASES, (orjson.dumps(names).decode(), token, owner)).rowcount
+            for token, names in by_token.items()
+        )
         if ended != len(held):  # some were lost: find which, and end only the others
             conn.execute("ROLLBACK TO end_leases")
             current = {
