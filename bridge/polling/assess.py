@@ -94,17 +94,18 @@ def item_model(source: Source) -> str:
     return _fingerprint(source.item_model)
 
 
-def remodelled(source: Source, row: SourceRow) -> bool:
-    """Whether `row` was last polled under another item model than `source` has now (a row
-    from before fingerprints were kept, NULL, takes the current model)."""
-    return row.baselined and row.item_model is not None and row.item_model != item_model(source)
+def remodelled(row: SourceRow, model: str) -> bool:
+    """Whether `row` was last polled under another item model than `model` (item_model of its
+    source now; a row from before fingerprints were kept, NULL, takes the current model)."""
+    return row.baselined and row.item_model is not None and row.item_model != model
 
 
-def fetch_state(source: Source, row: SourceRow, *, held: bool = False) -> FetchState:
-    """What to fetch `source` with: the row's validators, or none when its item model changed,
-    so the answer is read (not a 304, not the same body skipped) and a new baseline recorded;
-    nor when changes are `held` for `confirm:`, since a poll that sees them again counts."""
-    if not held and not remodelled(source, row):
+def fetch_state(row: SourceRow, model: str, *, held: bool = False) -> FetchState:
+    """What to fetch a source whose item model is `model` with: the row's validators, or none
+    when its item model changed, so the answer is read (not a 304, not the same body skipped)
+    and a new baseline recorded; nor when changes are `held` for `confirm:`, since a poll that
+    sees them again counts."""
+    if not held and not remodelled(row, model):
         return row.fetch_state
     return replace(row.fetch_state, etag=None, last_modified=None, body_hash=None)
 
@@ -184,7 +185,7 @@ async def assess(
             selected, source.key_expr, source.ignore, key_by_content=source.key_by_content
         )
     old = await reads.item_hashes(source.name)
-    if remodelled(source, row):
+    if remodelled(row, item_model(source)):
         return rebaseline(source, row, fetched, entries, old, now)
     row.item_model = item_model(source)
     found = diff.compare(old, entries, complete=fetched.complete)

@@ -16,7 +16,7 @@ from bridge.config import Config
 from bridge.errors import BridgeError, SourceError, StateError
 from bridge.http import HttpClient
 from bridge.model import PollCommit, PollOutcome, SourceRow
-from bridge.polling.assess import SnapshotReads, assess, failed, fetch_state
+from bridge.polling.assess import SnapshotReads, assess, failed, fetch_state, item_model
 from bridge.polling.conditions import Conditions
 from bridge.polling.lanes import let_go
 from bridge.sources.base import Fetched, Source
@@ -136,6 +136,7 @@ class Engine:
         self.committed = committed
         self.clock = clock
         self.sources = make_sources(config)
+        self._models: dict[str, str] = {}  # source -> item_model(source), worked out once
         # One length for every lease: a wake-up's sources are leased together.
         self._lease_length = poll_lease(max((s.timeout for s in config.sources), default=0.0))
         self.conditions = Conditions(observer=metrics)  # `when:`, in the shared renderer
@@ -303,52 +304,51 @@ class Engine:
                 return PollResult(name, "skipped", 0.0)
             lease = self._leases.pop(name)
         try:
-            return await self._poll_leased(name, lease, dry_run, next_poll_at)
+            source = self.sources[name]
+            last = self._row(name)
+            row: SourceRow | None = None  # this poll's own copy, made once something changes
+            started = self.clock()
+            if (model := self._models.get(name)) is None:
+                model = self._models[name] = item_model(source)
+            try:
+                # The row's validators, unless its items/key changed: then a new baseline is read.
+                held = source.spec.confirm > 1 and bool(await self.reads.confirmations(name))
+                fetched = await source.fetch(self.http, fetch_state(last, model, held=held))
+                if not dry_run and self._only_times_move(last, fetched):
+                    return self._touch(name, started, next_poll_at, lease)
+                let_go()  # done with its host: its reads and commit need the state only
+                row = self._own(last, next_poll_at)
+                commit = await assess(
+                    self.reads, source, row, fetched, started, judge=self.conditions.sift
+                )
+            except StateError:
+                raise  # the state failing is no failure of the source: the poll is not written
+            except SourceError as exc:
+                row = row if row is not None else self._own(last, next_poll_at)
+                commit = failed(source, row, str(exc), started)
+            except Exception as exc:  # a plugin bug must cost one poll, not the daemon
+                log.debug("source %s raised", name, exc_info=True)
+                row = row if row is not None else self._own(last, next_poll_at)
+                commit = failed(source, row, f"internal error: {exc!r}", started)
+            commit.duration = self.clock() - started
+            commit.lease = lease
+            if not dry_run:
+                let_go()  # (a failed poll's)
+                await self._record(commit, last)
+            return PollResult(
+                name,
+                commit.result,
+                commit.duration,
+                [ev.body for ev in commit.events],
+                commit.row.last_error if commit.result == "error" else None,
+                len(commit.upserts) if commit.result == "new" else None,
+            )
         except StateError:
+            # The state failed (reading the row, or writing the poll): the lease is given back
+            # at the next claim, so that the source is polled again then, not when it runs out.
             if lease is not None:
                 self._unwritten[name] = lease
             raise
-
-    async def _poll_leased(
-        self, name: str, lease: int | None, dry_run: bool, next_poll_at: float | None
-    ) -> PollResult:
-        source = self.sources[name]
-        last = self._row(name)
-        row: SourceRow | None = None  # this poll's own copy, made once something changes
-        started = self.clock()
-        try:
-            # The row's validators, unless its items/key changed: then a new baseline is read.
-            held = source.spec.confirm > 1 and bool(await self.reads.confirmations(name))
-            fetched = await source.fetch(self.http, fetch_state(source, last, held=held))
-            if not dry_run and self._only_times_move(last, fetched):
-                return self._touch(name, started, next_poll_at, lease)
-            let_go()  # done with its host: its reads and commit need the state only
-            row = self._own(last, next_poll_at)
-            commit = await assess(
-                self.reads, source, row, fetched, started, judge=self.conditions.sift
-            )
-        except StateError:
-            raise  # the state failing is no failure of the source: the poll is not written
-        except SourceError as exc:
-            row = row if row is not None else self._own(last, next_poll_at)
-            commit = failed(source, row, str(exc), started)
-        except Exception as exc:  # a plugin bug must cost one poll, not the daemon
-            log.debug("source %s raised", name, exc_info=True)
-            row = row if row is not None else self._own(last, next_poll_at)
-            commit = failed(source, row, f"internal error: {exc!r}", started)
-        commit.duration = self.clock() - started
-        commit.lease = lease
-        if not dry_run:
-            let_go()  # (a failed poll's)
-            await self._record(commit, last)
-        return PollResult(
-            name,
-            commit.result,
-            commit.duration,
-            [ev.body for ev in commit.events],
-            commit.row.last_error if commit.result == "error" else None,
-            len(commit.upserts) if commit.result == "new" else None,
-        )
 
     @staticmethod
     def _own(last: SourceRow, next_poll_at: float | None) -> SourceRow:
@@ -626,6 +626,7 @@ class Engine:
         self.flush()
         self.config = config
         self.sources = make_sources(config)
+        self._models = {}
         # One length for every lease: a wake-up's sources are leased together.
         self._lease_length = poll_lease(max((s.timeout for s in config.sources), default=0.0))
         return added, removed, changed
