@@ -258,6 +258,19 @@ def test_a_touch_under_its_lease_moves_the_times_and_releases_it(state) -> None:
     assert set(state.coordination.lease_polls(["s"], NOW + 62, NOW + 120)) == {"s"}
 
 
+def test_one_commit_ends_the_leases_of_several_wake_ups_and_fences_a_lost_one(two_states) -> None:
+    first, second = two_states
+    early = first.coordination.lease_polls(["a", "b"], NOW, NOW + 10)
+    late = first.coordination.lease_polls(["c"], NOW + 1, NOW + 60)
+    assert set(second.coordination.lease_polls(["b"], NOW + 11, NOW + 60)) == {"b"}  # ran out
+    commits = [poll(n, lease=t) for n, t in [*early.items(), *late.items()]]
+    assert first.snapshots.commit_polls(commits) == {"b"}
+    assert first.snapshots.source_row("a") == commits[0].row
+    assert first.snapshots.source_row("b") != commits[1].row  # outlived its lease: not written
+    # c's lease (until NOW + 60) ended with its commit; b is second's now.
+    assert set(second.coordination.lease_polls(["a", "b", "c"], NOW + 12, NOW + 60)) == {"a", "c"}
+
+
 def test_release_polls_frees_the_lease(two_states) -> None:
     first, second = two_states
     leases = first.coordination.lease_polls(["a", "b"], NOW, NOW + 60)
