@@ -185,9 +185,10 @@ async def assess(
             selected, source.key_expr, source.ignore, key_by_content=source.key_by_content
         )
     old = await reads.item_hashes(source.name)
-    if remodelled(row, item_model(source)):
+    model = item_model(source)
+    if remodelled(row, model):
         return rebaseline(source, row, fetched, entries, old, now)
-    row.item_model = item_model(source)
+    row.item_model = model
     found = diff.compare(old, entries, complete=fetched.complete)
     # Keys an earlier version stored under other text (an integer 1 as "1"): moved silently.
     moved = keys.carried_over(old, entries, found.added) if found.added and old else {}

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import orjson
 
 from bridge.state.base import Share
-from bridge.state.sqlite.connection import MEMORY, Database, chunks
+from bridge.state.sqlite.connection import MEMORY, Database
 from bridge.state.sqlite.lock import DaemonLock, daemon_running
 
 _HOST = socket.gethostname()
@@ -124,30 +124,25 @@ class SqliteCoordination:
             ).rowcount
             if taken == len(names):
                 return dict.fromkeys(names, token)
-            granted = {
-                name: token
-                for (name,) in conn.execute(
-                    "SELECT name FROM poll_leases WHERE name IN (SELECT value FROM json_each(?)) "
-                    "AND owner = ? AND token = ?",
-                    (listed, self.instance_id, token),
-                )
-            }
-            refused = [n for n in names if n not in granted]
-            if refused:  # live leases: free only if the process holding them is gone
-                for chunk in chunks(refused):
-                    marks = ",".join("?" * len(chunk))
-                    holders = conn.execute(
-                        f"SELECT name, owner FROM poll_leases WHERE name IN ({marks})", chunk
-                    ).fetchall()
-                    for name, owner in holders:
-                        if owner != self.instance_id and _gone(owner):
-                            taken = conn.execute(
-                                "UPDATE poll_leases SET owner = ?, token = ?, until = ? "
-                                "WHERE name = ? AND owner = ?",
-                                (self.instance_id, token, until, name, owner),
-                            ).rowcount
-                            if taken:
-                                granted[name] = token
+            # Some were refused: read who holds each of them (this grant, or a live lease, free
+            # only if the process holding it is gone).
+            granted: dict[str, int] = {}
+            holders = conn.execute(
+                "SELECT name, owner, token FROM poll_leases "
+                "WHERE name IN (SELECT value FROM json_each(?))",
+                (listed,),
+            ).fetchall()
+            for name, owner, held in holders:
+                if owner == self.instance_id and held == token:
+                    granted[name] = token
+                elif owner != self.instance_id and _gone(owner):
+                    taken = conn.execute(
+                        "UPDATE poll_leases SET owner = ?, token = ?, until = ? "
+                        "WHERE name = ? AND owner = ?",
+                        (self.instance_id, token, until, name, owner),
+                    ).rowcount
+                    if taken:
+                        granted[name] = token
         return granted
 
     def lease_strays(self, strays: Mapping[str, float], now: float, until: float) -> dict[str, int]:
