@@ -235,3 +235,23 @@ def test_trim_deletes_old_polls_and_attempts(tmp_path: Path) -> None:
         assert conn.execute("SELECT at FROM polls").fetchall() == [(now,)]
         assert conn.execute("SELECT count(*) FROM attempts").fetchone() == (0,)
     conn.close()
+
+
+def test_a_lease_of_a_process_that_is_gone_is_free_at_once(tmp_path: Path) -> None:
+    # Its `until` is far off, but the pid that held it has exited: a state file's processes all
+    # run on its machine, so the lease is taken over at once, under the wake-up's one token.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    state = open_state(str(tmp_path / "state.db"))
+    try:
+        now = time.time()
+        with sqlite3.connect(tmp_path / "state.db") as conn:
+            conn.execute(
+                "INSERT INTO poll_leases (name, owner, token, until) VALUES (?, ?, 7, ?)",
+                ("held", f"{os.uname().nodename}:{gone}:0000", now + 3600),
+            )
+        granted = state.coordination.lease_polls(["free", "held"], now, now + 60)
+        assert granted.keys() == {"free", "held"}
+        assert granted["held"] == granted["free"] != 7
+    finally:
+        state.close()
