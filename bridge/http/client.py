@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -253,7 +252,7 @@ class HttpClient:
         except (aiohttp.ClientError, ValueError) as exc:
             raise DeliveryError(f"POST {origin(url)}: {describe(exc)}") from exc
 
-    def _send(
+    async def _send(
         self,
         method: str,
         url: str,
@@ -265,9 +264,13 @@ class HttpClient:
         max_bytes: int,
         follow_redirects: bool,
         block_host: bool = True,
-    ) -> Coroutine[Any, Any, Response]:
-        # What can be refused before anything is sent; then the exchange's own coroutine is
-        # returned, not awaited in one more of this method's: a frame less on every request.
+    ) -> Response:
+        """The answer to a request, redirects followed, within the host's slot.
+
+        `url` is the URL as the caller gave it (for messages), `budget` the bytes this answer
+        may have (of `max_bytes` in all, for messages), and `block_host` whether a rate-limited
+        answer blocks the host that gave it.
+        """
         if self._closed:
             raise SourceError(f"{method} {display(url)}: the HTTP client is closed")
         target, host, login = self._target(url)
@@ -280,35 +283,6 @@ class HttpClient:
                     "header (auth:) cannot be combined"
                 )
             headers = with_login(headers, login)
-        return self._exchange(
-            method,
-            target,
-            host,
-            headers,
-            params,
-            data,
-            timeout,
-            (url, budget, max_bytes, follow_redirects, block_host),
-        )
-
-    async def _exchange(
-        self,
-        method: str,
-        target: yarl.URL | str,
-        host: str,
-        headers: Mapping[str, str] | None,
-        params: Mapping[str, str] | None,
-        data: bytes | str | None,
-        timeout: float,
-        limits: tuple[str, int, int, bool, bool],
-    ) -> Response:
-        """The answer to a request, redirects followed, within the host's slot.
-
-        `limits`: the URL as the caller gave it (for messages), the byte budget of this answer,
-        max_bytes, whether to follow redirects, and whether a rate-limited answer blocks the
-        host that gave it.
-        """
-        url, budget, max_bytes, follow_redirects, block_host = limits
         session = self._poll or self._open_poll()
         slot = self._slots.get(host) or self._slots.setdefault(host, Gate(self._per_host))
         # Our own per-host slot, taken before the clock starts: waiting behind other polls of a
