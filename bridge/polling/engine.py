@@ -311,9 +311,14 @@ class Engine:
             if (model := self._models.get(name)) is None:
                 model = self._models[name] = item_model(source)
             try:
-                # The row's validators, unless its items/key changed: then a new baseline is read.
-                held = source.spec.confirm > 1 and bool(await self.reads.confirmations(name))
-                fetched = await source.fetch(self.http, fetch_state(last, model, held=held))
+                # The row's validators, unless its items/key changed (then a new baseline is
+                # read) or changes wait for `confirm:`; the first test spares nearly every poll
+                # the rest.
+                state = last.fetch_state
+                if last.item_model != model or source.spec.confirm > 1:
+                    held = source.spec.confirm > 1 and bool(await self.reads.confirmations(name))
+                    state = fetch_state(last, model, held=held)
+                fetched = await source.fetch(self.http, state)
                 if not dry_run and self._only_times_move(last, fetched):
                     return self._touch(name, started, next_poll_at, lease)
                 let_go()  # done with its host: its reads and commit need the state only

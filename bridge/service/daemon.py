@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import TextIO
 
 from aiohttp import web
 
@@ -64,8 +64,9 @@ class Daemon:
         # Reloads one at a time, in the order their signals came: the file is read in a thread,
         # and two reads racing could apply the older file last.
         self._reloading = asyncio.Lock()
-        self._polls: set[asyncio.Task[Any]] = set()
-        self._polling: dict[str, asyncio.Task[object]] = {}  # those polls by source
+        # The polls running now, by source: one at a time each, since the scheduler starts
+        # only the polls whose lease it was granted.
+        self._polling: dict[str, asyncio.Task[object]] = {}
         self._problem: str | None = None  # the state's problem last said
         self.state: State | None = None
         self.engine: Engine | None = None
@@ -80,7 +81,7 @@ class Daemon:
         if self._stop.is_set():
             log.warning("second stop signal: exiting now")
             self._force = True
-            for task in list(self._polls):
+            for task in list(self._polling.values()):
                 task.cancel()
             if self.dispatcher is not None:
                 self.dispatcher.abort()
@@ -112,14 +113,12 @@ class Daemon:
             return
         task = asyncio.current_task()
         assert task is not None
-        self._polls.add(task)
         self._polling[name] = task
         try:
             await self.engine.poll(name, next_poll_at=self.scheduler.next_run(name))
         except BridgeError as exc:  # the state file failing: say so, keep running
             log.error("poll %s could not be recorded: %s", name, exc)
         finally:
-            self._polls.discard(task)
             self._polling.pop(name, None)
 
     def _lane(self, name: str) -> str | None:
@@ -356,10 +355,10 @@ class Daemon:
         return 0
 
     async def _finish_polls(self) -> None:
-        if not self._polls:
+        if not self._polling:
             return
         grace = 0 if self._force else self.config.grace
-        _, pending = await asyncio.wait(list(self._polls), timeout=grace)
+        _, pending = await asyncio.wait(list(self._polling.values()), timeout=grace)
         for task in pending:
             task.cancel()
         if pending:
