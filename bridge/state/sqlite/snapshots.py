@@ -119,11 +119,15 @@ class SqliteSnapshots:
                     "DO UPDATE SET until = max(until, excluded.until)",
                     list(host_blocks.items()),
                 )
-            # (source, token, owner) of each poll that ran under a lease, as _END_LEASE takes it
-            owner = self.owner
-            leases = [(c.row.name, c.lease, owner) for c in commits if c.lease is not None]
-            leases += [(r.name, t, owner) for r, t in touched if t is not None]
-            refused = self._end_leases(conn, leases)
+            # The sources of the polls that ran under a lease, by its token (a wake-up's)
+            leased: dict[int, list[str]] = {}
+            for c in commits:
+                if c.lease is not None:
+                    leased.setdefault(c.lease, []).append(c.row.name)
+            for r, t in touched:
+                if t is not None:
+                    leased.setdefault(t, []).append(r.name)
+            refused = self._end_leases(conn, leased)
             if refused:
                 commits = [c for c in commits if c.row.name not in refused]
                 touched = [(r, t) for r, t in touched if r.name not in refused]
@@ -168,25 +172,21 @@ class SqliteSnapshots:
             found.update(r[0] for r in rows)
         return found
 
-    def _end_leases(
-        self, conn: sqlite3.Connection, held: Sequence[tuple[str, int, str]]
-    ) -> set[str]:
-        # End the leases these polls ran under, (source, token, owner) each (a poll without a
-        # lease is not fenced, and not among them); returns the polls whose lease was gone:
-        # another process took the source since (the poll outlived its lease).
-        if not held:
+    def _end_leases(self, conn: sqlite3.Connection, leased: Mapping[int, list[str]]) -> set[str]:
+        # End the leases these polls ran under, their sources by token (a poll without a lease
+        # is not fenced, and not among them); returns the polls whose lease was gone: another
+        # process took the source since (the poll outlived its lease).
+        if not leased:
             return set()
         owner = self.owner
         conn.execute("SAVEPOINT end_leases")
-        by_token: dict[int, list[str]] = {}
-        for name, token, _ in held:
-            by_token.setdefault(token, []).append(name)
         ended = sum(
             conn.execute(_END_LEASES, (orjson.dumps(names).decode(), token, owner)).rowcount
-            for token, names in by_token.items()
+            for token, names in leased.items()
         )
-        if ended != len(held):  # some were lost: find which, and end only the others
+        if ended != sum(map(len, leased.values())):  # some were lost: end only the others
             conn.execute("ROLLBACK TO end_leases")
+            held = [(name, token, owner) for token, names in leased.items() for name in names]
             current = {
                 name: (who, token)
                 for chunk in chunks([n for n, _, _ in held])
