@@ -247,11 +247,14 @@ def test_a_lease_of_a_process_that_is_gone_is_free_at_once(tmp_path: Path) -> No
         now = time.time()
         with sqlite3.connect(tmp_path / "state.db") as conn:
             conn.execute(
-                "INSERT INTO poll_leases (name, owner, token, until) VALUES (?, ?, 7, ?)",
-                ("held", f"{os.uname().nodename}:{gone}:0000", now + 3600),
+                "INSERT INTO poll_grants (token, owner, until, names) VALUES (7, ?, ?, ?)",
+                (f"{os.uname().nodename}:{gone}:0000", now + 3600, '["held", "other"]'),
             )
         granted = state.coordination.lease_polls(["free", "held"], now, now + 60)
         assert granted.keys() == {"free", "held"}
         assert granted["held"] == granted["free"] != 7
+        with sqlite3.connect(tmp_path / "state.db") as conn:  # the gone grant keeps the rest
+            left = conn.execute("SELECT names FROM poll_grants WHERE token = 7").fetchall()
+        assert left == [('["other"]',)]
     finally:
         state.close()

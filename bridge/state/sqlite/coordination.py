@@ -1,11 +1,8 @@
 """Who polls what on one state file: the single daemon's lock, and poll leases on sources.
 
-A lease is a row of poll_leases (source, owner, token, until); the sources leased at one wake-up
-share their token, which names the grant together with the source. It is granted only while no live
-lease holds the source, and the poll's commit is written only while that row is still its own
-(bridge/state/sqlite/snapshots.py); the commit deletes it. The owner names this process
-(`host:pid:random`), so that the lease of a process that died (kill -9) is free at once, rather
-than when it runs out: every process on a SQLite file runs on the file's machine.
+The leases are grants, a row for the sources leased at one wake-up (bridge/state/sqlite/
+grants.py): a lease is its source and the grant's token, and a poll's commit ends it
+(bridge/state/sqlite/snapshots.py).
 """
 
 from __future__ import annotations
@@ -15,9 +12,8 @@ import secrets
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 
-import orjson
-
 from bridge.state.base import Share
+from bridge.state.sqlite import grants
 from bridge.state.sqlite.connection import MEMORY, Database
 from bridge.state.sqlite.lock import DaemonLock, daemon_running
 
@@ -46,7 +42,7 @@ def _gone(owner: str) -> bool:
 
 class SqliteCoordination:
     """bridge.state.base.Coordination over one state file: a flock for the one daemon, and
-    poll leases in the poll_leases table."""
+    poll leases in the poll_grants table."""
 
     def __init__(self, database: Database, instance_id: str):
         self.database = database
@@ -106,44 +102,10 @@ class SqliteCoordination:
         if not names:
             return {}
         self._leased = True
-        # One token for the whole wake-up: a lease is its (source, token), and a grant is
-        # counted by changes() rather than read back row by row (RETURNING cost more than the
-        # rows it inserted).
-        token = secrets.randbits(63)
-        listed = orjson.dumps(list(names)).decode()
+        token = secrets.randbits(63)  # one for the whole wake-up: its grant's
         with self.database.write() as conn:
-            # One statement for the whole wake-up: a free or expired lease is taken, a live one
-            # left alone. (`WHERE true` lets SQLite parse the upsert after a SELECT.)
-            taken = conn.execute(
-                "INSERT INTO poll_leases (name, owner, token, until) "
-                "SELECT value, ?, ?, ? FROM json_each(?) WHERE true "
-                "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
-                "token = excluded.token, until = excluded.until "
-                "WHERE poll_leases.until < ?",
-                (self.instance_id, token, until, listed, now),
-            ).rowcount
-            if taken == len(names):
-                return dict.fromkeys(names, token)
-            # Some were refused: read who holds each of them (this grant, or a live lease, free
-            # only if the process holding it is gone).
-            granted: dict[str, int] = {}
-            holders = conn.execute(
-                "SELECT name, owner, token FROM poll_leases "
-                "WHERE name IN (SELECT value FROM json_each(?))",
-                (listed,),
-            ).fetchall()
-            for name, owner, held in holders:
-                if owner == self.instance_id and held == token:
-                    granted[name] = token
-                elif owner != self.instance_id and _gone(owner):
-                    taken = conn.execute(
-                        "UPDATE poll_leases SET owner = ?, token = ?, until = ? "
-                        "WHERE name = ? AND owner = ?",
-                        (self.instance_id, token, until, name, owner),
-                    ).rowcount
-                    if taken:
-                        granted[name] = token
-        return granted
+            granted = grants.take(conn, self.instance_id, token, names, now, until, _gone)
+        return dict.fromkeys(granted, token)
 
     def lease_strays(self, strays: Mapping[str, float], now: float, until: float) -> dict[str, int]:
         """Like lease_polls: a state file has no shards, so no source is a stray."""
@@ -153,15 +115,16 @@ class SqliteCoordination:
         """Release leases of polls that will not run (dropped at shutdown)."""
         if not leases:
             return
+        by_token: dict[int, list[str]] = {}
+        for name, token in leases.items():
+            by_token.setdefault(token, []).append(name)
         with self.database.write() as conn:
-            conn.executemany(
-                "DELETE FROM poll_leases WHERE name = ? AND owner = ? AND token = ?",
-                [(n, self.instance_id, t) for n, t in leases.items()],
-            )
+            for token, names in by_token.items():
+                grants.end(conn, self.instance_id, token, names)
 
     def release_all(self) -> None:
         """Release every lease this instance still holds (its state is closing)."""
         if not self._leased:
             return  # a command that only read: it writes nothing
         with self.database.write() as conn:
-            conn.execute("DELETE FROM poll_leases WHERE owner = ?", (self.instance_id,))
+            conn.execute("DELETE FROM poll_grants WHERE owner = ?", (self.instance_id,))

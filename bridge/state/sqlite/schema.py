@@ -10,7 +10,8 @@ import sqlite3
 # 7: sources.item_model (the fingerprint of the items/key a snapshot was taken under);
 #    instances (the registry of Coordination.register/heartbeat)
 # 8: confirmations (the changes waiting for `confirm:`)
-SCHEMA_VERSION = 8
+# 9: poll_grants replaces poll_leases (a row per wake-up's leases, not one per source)
+SCHEMA_VERSION = 9
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -31,14 +32,14 @@ CREATE TABLE IF NOT EXISTS sources (
     alerted INTEGER NOT NULL DEFAULT 0,
     item_model TEXT
 );
--- The sources being polled: one small row per poll in flight, so that taking a wake-up's leases
--- writes a few pages rather than one page of `sources` per source.
-CREATE TABLE IF NOT EXISTS poll_leases (
-    name TEXT PRIMARY KEY,
+-- The sources being polled, a row per wake-up's grant of leases (bridge/state/sqlite/grants.py):
+-- taking and ending them writes a row per wake-up, not a page of `sources` or a row per source.
+CREATE TABLE IF NOT EXISTS poll_grants (
+    token INTEGER PRIMARY KEY,
     owner TEXT NOT NULL,
-    token INTEGER NOT NULL,
-    until REAL NOT NULL
-) WITHOUT ROWID;
+    until REAL NOT NULL,
+    names TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS items (
     source TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -123,15 +124,17 @@ CREATE TABLE IF NOT EXISTS instances (
 # Columns added to tables of files made before them: (table, column, definition).
 ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (("sources", "item_model", "TEXT"),)
 
-# Indexes of older schemas that a newer one replaced.
+# Indexes and tables of older schemas that a newer one replaced. A poll_leases row is a lease of
+# a process of an older bridge, which the upgrade stopped: nothing of it is kept.
 DROPPED_INDEXES = ("deliveries_leased",)
+DROPPED_TABLES = ("poll_leases",)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the schema to SCHEMA_VERSION, inside the caller's write transaction.
 
     Tables and indexes are created if missing (every statement is IF NOT EXISTS), then the
-    columns a file made before them lacks are added, and replaced indexes dropped.
+    columns a file made before them lacks are added, and replaced indexes and tables dropped.
     """
     for statement in SCHEMA.split(";"):
         if statement.strip():
@@ -142,4 +145,6 @@ def migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
     for index in DROPPED_INDEXES:
         conn.execute(f"DROP INDEX IF EXISTS {index}")
+    for table in DROPPED_TABLES:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

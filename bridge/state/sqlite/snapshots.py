@@ -13,6 +13,7 @@ import orjson
 from bridge.model import KnownItems, PollCommit, SourceRow
 from bridge.state.base import Touched
 from bridge.state.rows import SOURCE_COLUMNS, poll_rows, row_from, row_values
+from bridge.state.sqlite import grants
 from bridge.state.sqlite.connection import Database, chunks
 
 _N_COLUMNS = len(SOURCE_COLUMNS.split(","))
@@ -29,16 +30,6 @@ _TOUCH_SOURCE = (
     "UPDATE sources SET last_poll_at = ?, next_poll_at = ?, last_result = ? "
     "WHERE name = ? AND baselined = 1"
 )
-# Writing a poll ends the lease it ran under: its (source, owner, token) row is taken out. When
-# every one was there (the usual case), no poll had lost its lease; the fence needs no read.
-_END_LEASE = "DELETE FROM poll_leases WHERE name = ? AND token = ? AND owner = ?"
-# The same for the sources leased together under one token (a wake-up's), in one statement.
-_END_LEASES = (
-    "DELETE FROM poll_leases WHERE name IN (SELECT value FROM json_each(?)) "
-    "AND token = ? AND owner = ?"
-)
-
-
 class SqliteSnapshots:
     """bridge.state.base.Snapshots over one state file."""
 
@@ -176,31 +167,9 @@ class SqliteSnapshots:
         # End the leases these polls ran under, their sources by token (a poll without a lease
         # is not fenced, and not among them); returns the polls whose lease was gone: another
         # process took the source since (the poll outlived its lease).
-        if not leased:
-            return set()
-        owner = self.owner
-        conn.execute("SAVEPOINT end_leases")
-        ended = sum(
-            conn.execute(_END_LEASES, (orjson.dumps(names).decode(), token, owner)).rowcount
-            for token, names in leased.items()
-        )
-        if ended != sum(map(len, leased.values())):  # some were lost: end only the others
-            conn.execute("ROLLBACK TO end_leases")
-            held = [(name, token, owner) for token, names in leased.items() for name in names]
-            current = {
-                name: (who, token)
-                for chunk in chunks([n for n, _, _ in held])
-                for name, who, token in conn.execute(
-                    "SELECT name, owner, token FROM poll_leases "
-                    f"WHERE name IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                )
-            }
-            lost = {n for n, t, _ in held if current.get(n) != (owner, t)}
-            conn.executemany(_END_LEASE, [h for h in held if h[0] not in lost])
-        else:
-            lost = set()
-        conn.execute("RELEASE end_leases")
+        lost: set[str] = set()
+        for token, names in leased.items():
+            lost.update(grants.end(conn, self.owner, token, names))
         return lost
 
 
