@@ -55,6 +55,31 @@ def test_a_file_of_schema_4_trades_deliveries_leased_for_deliveries_in_flight(tm
     assert "deliveries_in_flight" in indexes and "deliveries_leased" not in indexes
 
 
+def test_a_file_of_schema_8_trades_poll_leases_for_poll_grants(tmp_path) -> None:
+    path = tmp_path / "state.db"
+    open_state(str(path)).close()
+    with sqlite3.connect(path) as conn:  # as schema 8 left it, a lease of an older process in it
+        conn.execute("DROP TABLE poll_grants")
+        conn.execute(
+            "CREATE TABLE poll_leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+            "token INTEGER NOT NULL, until REAL NOT NULL) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO poll_leases VALUES ('a', 'old:1:0000', 7, ?)", (time.time() + 60,)
+        )
+        conn.execute("PRAGMA user_version = 8")
+    state = open_state(str(path))
+    try:
+        now = time.time()
+        assert set(state.coordination.lease_polls(["a"], now, now + 60)) == {"a"}
+    finally:
+        state.close()
+    with sqlite3.connect(path) as conn:
+        tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert "poll_grants" in tables and "poll_leases" not in tables
+
+
 def test_a_file_of_a_newer_schema_is_refused(tmp_path) -> None:
     import pytest
 
