@@ -263,7 +263,8 @@ def test_one_commit_ends_the_leases_of_several_wake_ups_and_fences_a_lost_one(tw
     early = first.coordination.lease_polls(["a", "b"], NOW, NOW + 10)
     late = first.coordination.lease_polls(["c"], NOW + 1, NOW + 60)
     assert set(second.coordination.lease_polls(["b"], NOW + 11, NOW + 60)) == {"b"}  # ran out
-    commits = [poll(n, lease=t) for n, t in [*early.items(), *late.items()]]
+    leases = {**early, **late}  # (lease_polls promises no order)
+    commits = [poll(n, lease=leases[n]) for n in ("a", "b", "c")]
     assert first.snapshots.commit_polls(commits) == {"b"}
     assert first.snapshots.source_row("a") == commits[0].row
     assert first.snapshots.source_row("b") != commits[1].row  # outlived its lease: not written

@@ -11,6 +11,7 @@ from bridge.errors import StateError
 from bridge.state.sqlite.admin import SqliteAdmin
 from bridge.state.sqlite.connection import MEMORY, Database
 from bridge.state.sqlite.coordination import SqliteCoordination, new_instance_id
+from bridge.state.sqlite.grants import Grants
 from bridge.state.sqlite.outbox import SqliteOutbox
 from bridge.state.sqlite.snapshots import SqliteSnapshots
 from bridge.state.sqlite.transfer import SqliteTransfer
@@ -24,10 +25,11 @@ class SqliteState:
         self.threaded = False  # one connection, of the thread that opened it
         self.database = Database(path, busy_timeout=busy_timeout)
         instance_id = new_instance_id()
-        self.snapshots = SqliteSnapshots(self.database, instance_id)
+        grants = Grants(instance_id)  # the poll leases: taken by coordination, ended by commits
+        self.snapshots = SqliteSnapshots(self.database, grants)
         self.outbox = SqliteOutbox(self.database)
         self.admin = SqliteAdmin(self.database)
-        self.coordination = SqliteCoordination(self.database, instance_id)
+        self.coordination = SqliteCoordination(self.database, instance_id, grants)
         self.transfer = SqliteTransfer(self.database)  # bridge copy-state
 
     def writable(self) -> bool:

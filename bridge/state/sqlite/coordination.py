@@ -13,8 +13,8 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 
 from bridge.state.base import Share
-from bridge.state.sqlite import grants
 from bridge.state.sqlite.connection import MEMORY, Database
+from bridge.state.sqlite.grants import Grants
 from bridge.state.sqlite.lock import DaemonLock, daemon_running
 
 _HOST = socket.gethostname()
@@ -44,9 +44,10 @@ class SqliteCoordination:
     """bridge.state.base.Coordination over one state file: a flock for the one daemon, and
     poll leases in the poll_grants table."""
 
-    def __init__(self, database: Database, instance_id: str):
+    def __init__(self, database: Database, instance_id: str, grants: Grants):
         self.database = database
         self.instance_id = instance_id
+        self.grants = grants  # shared with the snapshots, whose commits end leases
         self._lock = DaemonLock(database.path) if database.path != MEMORY else None
         self._leased = False  # whether this instance ever took a lease (close releases them)
 
@@ -104,7 +105,8 @@ class SqliteCoordination:
         self._leased = True
         token = secrets.randbits(63)  # one for the whole wake-up: its grant's
         with self.database.write() as conn:
-            granted = grants.take(conn, self.instance_id, token, names, now, until, _gone)
+            granted = self.grants.take(conn, token, names, now, until, _gone)
+        self.grants.granted(granted, token, until)
         return dict.fromkeys(granted, token)
 
     def lease_strays(self, strays: Mapping[str, float], now: float, until: float) -> dict[str, int]:
@@ -120,11 +122,12 @@ class SqliteCoordination:
             by_token.setdefault(token, []).append(name)
         with self.database.write() as conn:
             for token, names in by_token.items():
-                grants.end(conn, self.instance_id, token, names)
+                self.grants.end(conn, token, names)
+        self.grants.ended(by_token)
 
     def release_all(self) -> None:
         """Release every lease this instance still holds (its state is closing)."""
         if not self._leased:
             return  # a command that only read: it writes nothing
         with self.database.write() as conn:
-            conn.execute("DELETE FROM poll_grants WHERE owner = ?", (self.instance_id,))
+            self.grants.end_all(conn)

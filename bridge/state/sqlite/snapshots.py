@@ -13,8 +13,8 @@ import orjson
 from bridge.model import KnownItems, PollCommit, SourceRow
 from bridge.state.base import Touched
 from bridge.state.rows import SOURCE_COLUMNS, poll_rows, row_from, row_values
-from bridge.state.sqlite import grants
 from bridge.state.sqlite.connection import Database, chunks
+from bridge.state.sqlite.grants import Grants
 
 _N_COLUMNS = len(SOURCE_COLUMNS.split(","))
 # An upsert updates the row in place, cheaper than INSERT OR REPLACE's delete and insert.
@@ -30,13 +30,15 @@ _TOUCH_SOURCE = (
     "UPDATE sources SET last_poll_at = ?, next_poll_at = ?, last_result = ? "
     "WHERE name = ? AND baselined = 1"
 )
+
+
 class SqliteSnapshots:
     """bridge.state.base.Snapshots over one state file."""
 
-    def __init__(self, database: Database, owner: str):
+    def __init__(self, database: Database, grants: Grants):
         self.database = database
         self.conn = database.conn
-        self.owner = owner  # this process's instance id: the owner of the leases it takes
+        self.grants = grants  # the poll leases this process takes: a commit ends its poll's
 
     def source_row(self, name: str) -> SourceRow:
         """The stored row of a source, or a fresh one if it was never polled."""
@@ -149,6 +151,7 @@ class SqliteSnapshots:
                         for key, (h, seen) in (c.confirmations or {}).items()
                     ],
                 )
+        self.grants.ended(leased)
         return refused
 
     @staticmethod
@@ -169,7 +172,7 @@ class SqliteSnapshots:
         # process took the source since (the poll outlived its lease).
         lost: set[str] = set()
         for token, names in leased.items():
-            lost.update(grants.end(conn, self.owner, token, names))
+            lost.update(self.grants.end(conn, token, names))
         return lost
 
 
