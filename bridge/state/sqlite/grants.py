@@ -73,8 +73,7 @@ class Grants:
 
     def granted(self, names: Iterable[str], token: int, until: float) -> None:
         """Note a grant that `take` wrote and its transaction committed."""
-        entry = (token, until)
-        self._mine.update((n, entry) for n in names)
+        self._mine.update(dict.fromkeys(names, (token, until)))
 
     def end(self, conn: sqlite3.Connection, token: int, names: Iterable[str]) -> set[str]:
         """End the leases of `names` under grant `token`; returns those the grant no longer
