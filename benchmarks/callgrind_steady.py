@@ -15,7 +15,6 @@ Run it with the Python that has the new code installed (as compare.py). Needs va
 
 from __future__ import annotations
 
-import argparse
 import collections
 import re
 import subprocess
@@ -25,21 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import bridge_once, prepare_old  # noqa: E402
-from harness import (  # noqa: E402
-    WORK,
-    Nginx,
-    bridge_config,
-    child_env,
-    count_lines,
-    ensure_nginx,
-    fresh,
-    log,
-    make_docs,
-)
+from harness import WORK, log  # noqa: E402
+from side_by_side import arguments, commands, daemons, poll_marks, polls_since  # noqa: E402
 
-# One code's sources under /docs/, the other's under /bare/: nginx logs each apart.
-WHERE = {"old": "docs", "new": "bare"}
 _LINE = re.compile(r"^\s*([0-9,]+) \([^)]*\)\s+(.*)$")
 
 
@@ -68,54 +55,28 @@ def by_object(found: collections.Counter[str]) -> collections.Counter[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--old", default="473282f", help="the old code's revision (default 473282f)")
-    ap.add_argument("--sources", type=int, default=1000)
-    ap.add_argument("--every", type=float, default=15.0, help="interval, s")
-    ap.add_argument("--settle", type=float, default=70.0, help="s before counting starts")
-    ap.add_argument("--top", type=int, default=20, help="functions listed")
-    args = ap.parse_args()
+    args = arguments(__doc__, settle=70.0, top=20)
 
-    cmds = {"old": prepare_old(args.old), "new": [sys.executable, "-m", "bridge"]}
-    make_docs(args.sources)
-    for name in ("docs.log", "bare.log", "hook.log"):
-        (WORK / name).unlink(missing_ok=True)
-    nginx = Nginx(ensure_nginx()).start()
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    cmds = commands(args.old)
     outs = {code: WORK / f"callgrind-{code}.out" for code in cmds}
-    try:
-        for code, cmd in cmds.items():
-            urls = [nginx.url(f"/{WHERE[code]}/{i}.json") for i in range(args.sources)]
-            cfg = bridge_config(
-                fresh(f"cg-{code}") / "bridge.yaml", "cg.db", urls, nginx.url("/hook"),
-                per_host=10, every=f"{args.every:g}s",
-            )  # fmt: skip
-            log(f"{code}: baseline (`bridge once`)")
-            bridge_once(cfg, f"cg-{code}-once", cmd)
-            valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
-            procs[code] = subprocess.Popen(
-                [*valgrind, f"--callgrind-out-file={outs[code]}", *cmd, "--log-level", "warning",
-                 "run", "-c", str(cfg)],
-                stdout=subprocess.DEVNULL,
-                stderr=(WORK / "logs" / f"cg-{code}-run.log").open("wb"),
-                cwd=WORK,
-                env=child_env(),
-            )  # fmt: skip
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+    with daemons(
+        cmds,
+        sources=args.sources,
+        every=args.every,
+        tag="cg",
+        wrap=lambda code: [*valgrind, f"--callgrind-out-file={outs[code]}"],
+        wait=120,  # callgrind writes its file at exit
+    ) as procs:
         log(f"both daemons under callgrind; counting starts in {args.settle:g} s")
         time.sleep(args.settle)
-        marks = {code: count_lines(WORK / f"{WHERE[code]}.log")[1] for code in cmds}
+        marks = poll_marks()
         for proc in procs.values():
             subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True)
         time.sleep(2 * args.every)
         for proc in procs.values():
             subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True)
-        polls = {c: count_lines(WORK / f"{WHERE[c]}.log", marks[c])[0] for c in cmds}
-    finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            proc.wait(120)  # callgrind writes its file at exit
-        nginx.stop()
+        polls = polls_since(marks)
 
     found = {code: counts(outs[code]) for code in cmds}
     per = {code: {k: v / max(polls[code], 1) for k, v in found[code].items()} for code in cmds}

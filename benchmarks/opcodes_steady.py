@@ -16,32 +16,17 @@ new code installed (as compare.py).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import bridge_once, prepare_old  # noqa: E402
-from harness import (  # noqa: E402
-    WORK,
-    Nginx,
-    bridge_config,
-    child_env,
-    count_lines,
-    ensure_nginx,
-    fresh,
-    log,
-    make_docs,
-)
-
-# One code's sources under /docs/, the other's under /bare/: nginx logs each apart.
-WHERE = {"old": "docs", "new": "bare"}
+from harness import WORK, child_env, fresh, log  # noqa: E402
+from side_by_side import arguments, commands, daemons, poll_marks, polls_since  # noqa: E402
 
 # Imported by each daemon at start-up (site imports `sitecustomize` from sys.path).
 TRACER = """
@@ -101,61 +86,34 @@ def ours(where: str) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--old", default="473282f", help="the old code's revision (default 473282f)")
-    ap.add_argument("--sources", type=int, default=1000)
-    ap.add_argument("--every", type=float, default=15.0, help="interval, s")
-    ap.add_argument("--settle", type=float, default=20.0, help="s before tracing starts")
-    ap.add_argument("--top", type=int, default=25, help="functions listed")
-    args = ap.parse_args()
+    args = arguments(__doc__, settle=20.0, top=25)
 
-    cmds = {"old": prepare_old(args.old), "new": [sys.executable, "-m", "bridge"]}
+    cmds = commands(args.old)
     site = fresh("opcodes-site")
     (site / "sitecustomize.py").write_text(TRACER)
-    make_docs(args.sources)
-    for name in ("docs.log", "bare.log", "hook.log"):
-        (WORK / name).unlink(missing_ok=True)
-    nginx = Nginx(ensure_nginx()).start()
-    procs: dict[str, subprocess.Popen[bytes]] = {}
     outs = {code: WORK / f"opcodes-{code}.json" for code in cmds}
-    try:
-        for code, cmd in cmds.items():
-            urls = [nginx.url(f"/{WHERE[code]}/{i}.json") for i in range(args.sources)]
-            cfg = bridge_config(
-                fresh(f"op-{code}") / "bridge.yaml", "op.db", urls, nginx.url("/hook"),
-                per_host=10, every=f"{args.every:g}s",
-            )  # fmt: skip
-            log(f"{code}: baseline (`bridge once`)")
-            bridge_once(cfg, f"op-{code}-once", cmd)
-            env = child_env()
-            env["PYTHONPATH"] = ":".join(p for p in (str(site), env.get("PYTHONPATH")) if p)
-            env["BRIDGE_OPCODES_OUT"] = str(outs[code])
-            outs[code].unlink(missing_ok=True)
-            procs[code] = subprocess.Popen(
-                [*cmd, "--log-level", "warning", "run", "-c", str(cfg)],
-                stdout=subprocess.DEVNULL,
-                stderr=(WORK / "logs" / f"op-{code}-run.log").open("wb"),
-                cwd=WORK,
-                env=env,
-            )
+    for out in outs.values():
+        out.unlink(missing_ok=True)
+
+    def traced(code: str) -> dict[str, str]:
+        env = child_env()
+        env["PYTHONPATH"] = ":".join(p for p in (str(site), env.get("PYTHONPATH")) if p)
+        env["BRIDGE_OPCODES_OUT"] = str(outs[code])
+        return env
+
+    with daemons(cmds, sources=args.sources, every=args.every, tag="op", env=traced) as procs:
         log(f"both daemons running; tracing starts in {args.settle:g} s")
         time.sleep(args.settle)
-        marks = {code: count_lines(WORK / f"{WHERE[code]}.log")[1] for code in cmds}
+        marks = poll_marks()
         for proc in procs.values():
             proc.send_signal(signal.SIGUSR1)
         time.sleep(2 * args.every)
         for proc in procs.values():
             proc.send_signal(signal.SIGUSR2)
-        polls = {c: count_lines(WORK / f"{WHERE[c]}.log", marks[c])[0] for c in cmds}
+        polls = polls_since(marks)
         deadline = time.monotonic() + 30
         while not all(p.exists() for p in outs.values()) and time.monotonic() < deadline:
             time.sleep(0.2)
-    finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            proc.wait(60)
-        nginx.stop()
 
     per: dict[str, dict[tuple[str, str], tuple[float, float]]] = {}
     for code in cmds:
