@@ -315,8 +315,9 @@ class Engine:
                 # read) or changes wait for `confirm:`; the first test spares nearly every poll
                 # the rest.
                 state = last.fetch_state
-                if last.item_model != model or source.spec.confirm > 1:
-                    held = source.spec.confirm > 1 and bool(await self.reads.confirmations(name))
+                confirming = source.spec.confirm > 1
+                if last.item_model != model or confirming:
+                    held = confirming and bool(await self.reads.confirmations(name))
                     state = fetch_state(last, model, held=held)
                 fetched = await source.fetch(self.http, state)
                 if not dry_run and self._only_times_move(last, fetched):

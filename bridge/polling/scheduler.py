@@ -346,9 +346,7 @@ class Scheduler:
         if queue is None:
             queue = self._queues[lane] = collections.deque()
         queue.append(name)
-        if self._runners[lane] < self.lane_width:  # (_fill_lane, inline: a call less a poll)
-            self._runners[lane] += 1
-            self._spawn(self._run_lane(lane, queue))
+        self._fill_lane(lane, queue)
 
     def _fill_lane(self, lane: str, queue: collections.deque[str]) -> None:
         if self._runners[lane] < self.lane_width:
