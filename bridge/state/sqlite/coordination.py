@@ -121,8 +121,7 @@ class SqliteCoordination:
         for name, token in leases.items():
             by_token.setdefault(token, []).append(name)
         with self.database.write() as conn:
-            for token, names in by_token.items():
-                self.grants.end(conn, token, names)
+            self.grants.end(conn, by_token)
         self.grants.ended(by_token)
 
     def release_all(self) -> None:

@@ -75,12 +75,15 @@ class Grants:
         """Note a grant that `take` wrote and its transaction committed."""
         self._mine.update(dict.fromkeys(names, (token, until)))
 
-    def end(self, conn: sqlite3.Connection, token: int, names: Iterable[str]) -> set[str]:
-        """End the leases of `names` under grant `token`; returns those the grant no longer
-        held (taken over since: their polls are fenced out). Inside the caller's write
+    def end(self, conn: sqlite3.Connection, leases: Mapping[int, Iterable[str]]) -> set[str]:
+        """End these leases (sources by grant token); returns the sources whose grant no longer
+        held them (taken over since: their polls are fenced out). Inside the caller's write
         transaction; then `ended`, once committed."""
-        ending = set(names)
-        return ending - self._end(conn, token, ending)
+        lost: set[str] = set()
+        for token, names in leases.items():
+            ending = set(names)
+            lost |= ending - self._end(conn, token, ending)
+        return lost
 
     def ended(self, leases: Mapping[int, Iterable[str]]) -> None:
         """Note the leases (sources by token) that `end` ended and its transaction committed."""

@@ -120,7 +120,9 @@ class SqliteSnapshots:
             for r, t in touched:
                 if t is not None:
                     leased.setdefault(t, []).append(r.name)
-            refused = self._end_leases(conn, leased)
+            # Writing a poll ends its lease; a poll whose lease was gone (another process took
+            # the source since: the poll outlived its lease) is fenced out.
+            refused = self.grants.end(conn, leased)
             if refused:
                 commits = [c for c in commits if c.row.name not in refused]
                 touched = [(r, t) for r, t in touched if r.name not in refused]
@@ -165,15 +167,6 @@ class SqliteSnapshots:
             )
             found.update(r[0] for r in rows)
         return found
-
-    def _end_leases(self, conn: sqlite3.Connection, leased: Mapping[int, list[str]]) -> set[str]:
-        # End the leases these polls ran under, their sources by token (a poll without a lease
-        # is not fenced, and not among them); returns the polls whose lease was gone: another
-        # process took the source since (the poll outlived its lease).
-        lost: set[str] = set()
-        for token, names in leased.items():
-            lost.update(self.grants.end(conn, token, names))
-        return lost
 
 
 def _write_polls(conn: sqlite3.Connection, commits: list[PollCommit]) -> None:
